@@ -1,0 +1,141 @@
+"""The engine end to end on tiny EM phantom configs: every mode, every output, never overwriting."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from unetq import checkpoint
+from unetq.cli import run_script
+from unetq.config import validate
+from unetq.engine import lr_at, ternary_beta
+from unetq.paths import PROJECT_ROOT, base_module
+
+EM = base_module("EM_BASE")
+TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,
+        "batch_size": 2, "val_batch_size": 2, "quantization": "FIXED", "activation_i_width": 4,
+        "activation_f_width": 4, "weight_i_width": 0, "weight_f_width": 4, "overlay_every": 1,
+        "experiment_name": "tiny", "threshold": 0.5}
+
+
+def run(folder, section, *overrides):
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({"UNET": section}))
+    return run_script("em", EM, {"loss": "bce_dice", "lr_schedule": "step"}, ["-f", str(path), "-q", "-o", *overrides])
+
+
+def rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exp")
+    assert run(folder, TINY) == 0
+    return folder, folder / "runs" / "tiny"
+
+
+def test_normal_mode_writes_every_output(trained):
+    _, out = trained
+    names = {p.name for p in out.iterdir()}
+    assert {"log.txt", "metrics.csv", "config.yaml", "best.pt", "last.pt", "curves.png", "overlays",
+            "summary.json"} <= names
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    epoch_lines = [line for line in (out / "log.txt").read_text().splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all(k in epoch_lines[0] for k in ("loss", "dice", "precision", "lr", " s |"))
+    table = rows(out / "metrics.csv")
+    assert [int(r["epoch"]) for r in table] == [1, 2]
+    for key in ("train_loss", "val_loss", "dice", "dice_05", "precision", "recall", "specificity", "iou",
+                "accuracy", "rand_index", "hd", "hd95", "dice_nonempty", "lr", "time_s"):
+        assert key in table[0] and table[0][key] != ""
+    assert table[0]["data_source"] == "phantom"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["epochs_done"] == 2 and summary["data_source"] == "phantom"
+    best = max(float(r["dice"]) for r in table)
+    assert summary["best_dice"] == pytest.approx(best, abs=1e-4)
+
+
+def test_checkpoints_are_plain_and_safe(trained):
+    _, out = trained
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = checkpoint.load(out / "best.pt")
+    assert last["epoch"] == 2 and "optimizer" in last and "rng" in last
+    assert best["config"]["quantization"] == "fixed" and "optimizer" not in best
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["UNET"]
+    cfg = validate(resolved, extra_fields=EM.FIELDS, dataset="em")     # the resolved config reloads as is
+    assert cfg.base_width == 4 and cfg.loss == "bce_dice"
+
+
+def test_inference_reproduces_the_best_epoch_metrics(trained):
+    folder, out = trained
+    best = checkpoint.load(out / "best.pt")
+    assert run(folder, {**TINY, "operation_mode": "inference", "trained_model": "runs/tiny/best.pt"}) == 0
+    sub = [p for p in out.iterdir() if p.name.startswith("inference_")]
+    assert len(sub) == 1 and (sub[0] / "overlays.png").exists()
+    result = rows(sub[0] / "metrics.csv")[0]
+    for key in ("dice", "dice_05", "precision", "hd95"):
+        assert float(result[key]) == pytest.approx(best["metrics"][key], rel=1e-5, abs=1e-6)
+    assert (out / "best.pt").exists() and (out / "log.txt").exists()        # the training run is untouched
+
+
+def test_visualize_writes_png_and_pdf(trained):
+    folder, out = trained
+    assert run(folder, {**TINY, "operation_mode": "visualize", "trained_model": "runs/tiny/last.pt"}) == 0
+    sub = [p for p in out.iterdir() if p.name.startswith("visualize_")]
+    assert (sub[0] / "weights.png").stat().st_size > 0 and (sub[0] / "weights.pdf").stat().st_size > 0
+
+
+def test_retrain_keeps_the_earlier_run(tmp_path):
+    assert run(tmp_path, {**TINY, "num_epochs": 1}) == 0
+    first = (tmp_path / "runs" / "tiny" / "metrics.csv").read_text()
+    assert run(tmp_path, {**TINY, "num_epochs": 1, "operation_mode": "retrain",
+                          "trained_model": "runs/tiny/best.pt"}) == 0
+    backups = list((tmp_path / "runs").glob("tiny_backup_*"))
+    assert len(backups) == 1 and (backups[0] / "metrics.csv").read_text() == first
+    assert (tmp_path / "runs" / "tiny" / "best.pt").exists()
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    import unetq.engine as engine
+
+    config = {**TINY, "num_epochs": 3, "dropout": True, "overlay_every": 0}
+    assert run(tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, config) == 0
+    real = engine.train_epoch
+
+    def interrupt_at_epoch_3(model, loader, loss_fn, optimizer, device, desc="train"):
+        if desc == "epoch 3":
+            raise KeyboardInterrupt
+        return real(model, loader, loss_fn, optimizer, device, desc)
+
+    (tmp_path / "b").mkdir()
+    monkeypatch.setattr(engine, "train_epoch", interrupt_at_epoch_3)
+    assert run(tmp_path / "b", config) == 130
+    assert json.loads((tmp_path / "b/runs/tiny/summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(engine, "train_epoch", real)
+    assert run(tmp_path / "b", {**config, "operation_mode": "resume"}) == 0
+    a, b = (torch.load(tmp_path / x / "runs/tiny/last.pt", weights_only=True) for x in "ab")
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    drop_time = [{k: v for k, v in r.items() if k != "time_s"} for r in rows(tmp_path / "a/runs/tiny/metrics.csv")]
+    assert drop_time == [{k: v for k, v in r.items() if k != "time_s"}
+                         for r in rows(tmp_path / "b/runs/tiny/metrics.csv")]
+
+
+def test_lr_schedules_match_pytorch_schedulers():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    for name, make in (("step", lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [40, 80, 120, 160], 0.1)),
+                       ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=200, eta_min=0))):
+        cfg = validate({"lr": 1e-3, "num_epochs": 200, "lr_schedule": name})
+        opt = torch.optim.Adam(params, lr=1e-3)
+        sched = make(opt)
+        for epoch in range(1, 201):     # epoch e uses the lr after e - 1 scheduler steps
+            assert lr_at(cfg, epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+            opt.step()
+            sched.step()
+    cfg = validate({"num_epochs": 200})
+    assert ternary_beta(cfg, 1) == 3.0 and ternary_beta(cfg, 200) == 8.0
+    assert math.isclose(ternary_beta(cfg, 100), 3 + 5 * 99 / 199)

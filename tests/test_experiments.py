@@ -1,0 +1,77 @@
+"""The shipped experiment folders and the new-experiment tool."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unetq.config import ConfigError, load
+from unetq.newexp import create, edit_yaml_text
+from unetq.paths import PROJECT_ROOT, base_module
+
+# (experiments folder, its BASE, the entry script, the dataset key)
+SUITES = [("em", "EM_BASE", "em_unet.py", "em")]
+FOLDERS = [(suite, folder) for suite in SUITES for folder in sorted((PROJECT_ROOT / suite[0]).iterdir())
+           if folder.is_dir() and not folder.name.startswith(".")]
+
+
+@pytest.mark.parametrize("suite,folder", FOLDERS, ids=[f.relative_to(PROJECT_ROOT).as_posix() for _, f in FOLDERS])
+def test_shipped_experiment_is_valid_and_linked(suite, folder):
+    _, base, script, dataset = suite
+    module = base_module(base)
+    cfg = load(folder / "config.yaml", "UNET", extra_fields=module.FIELDS, dataset=dataset)
+    assert cfg.experiment_name == folder.name
+    assert {p.name for p in folder.iterdir() if not p.name == "runs"} == {"config.yaml", script, "datasets.py"}
+    for link in (script, "datasets.py"):
+        path = folder / link
+        assert path.is_symlink() and not os.path.isabs(os.readlink(path))       # relative: survives a clone
+        assert path.resolve() == (PROJECT_ROOT / base / link).resolve()
+
+
+def test_em_rows_of_the_paper_are_all_there():
+    names = {f.name for _, f in FOLDERS}
+    assert {"full_precision", "a8_8_w8_8", "a8_0_w0_8", "a6_0_w0_4", "a6_0_w0_2", "a4_0_w0_2", "BNN", "Ternary",
+            "a4_4_w4_4", "demo"} <= names
+    em = base_module("EM_BASE")
+    a6 = load(PROJECT_ROOT / "em/a6_0_w0_4/config.yaml", "UNET", extra_fields=em.FIELDS)
+    assert (a6.quantization, a6.activation_i_width, a6.activation_f_width, a6.weight_i_width,
+            a6.weight_f_width, a6.fixed_mode) == ("fixed", 6, 0, 0, 4, "pow2")
+
+
+def test_newexp_creates_links_and_edited_config(tmp_path):
+    dest = create(tmp_path / "a5_0_w0_3", PROJECT_ROOT / "EM_BASE",
+                  {"quantization": "FIXED", "activation_i_width": 5, "weight_f_width": 3})
+    text = (dest / "config.yaml").read_text()
+    section = yaml.safe_load(text)["UNET"]
+    assert (section["quantization"], section["activation_i_width"], section["weight_f_width"],
+            section["experiment_name"]) == ("FIXED", 5, 3, "a5_0_w0_3")
+    assert "# Normal | FIXED | INT | BNN | Ternary" in text                     # comments kept
+    assert (dest / "em_unet.py").resolve() == (PROJECT_ROOT / "EM_BASE/em_unet.py").resolve()
+    assert (dest / "datasets.py").is_symlink()
+
+
+def test_newexp_refuses_existing_folder_and_bad_values(tmp_path):
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        create(existing, PROJECT_ROOT / "EM_BASE", {})
+    with pytest.raises(ConfigError, match="'weight_f_width': -2 is out of range"):
+        create(tmp_path / "bad", PROJECT_ROOT / "EM_BASE", {"weight_f_width": -2})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_newexp_command_line(tmp_path):
+    from unetq.newexp import main
+
+    dest = tmp_path / "cli_exp"
+    assert main([str(dest), "--base", str(PROJECT_ROOT / "EM_BASE"), "quantization=BNN"]) == 0
+    assert yaml.safe_load((dest / "config.yaml").read_text())["UNET"]["quantization"] == "BNN"
+    assert main([str(dest), "--base", str(PROJECT_ROOT / "EM_BASE")]) == 2
+
+
+def test_edit_yaml_text_appends_missing_keys():
+    text = "# head\nUNET:\n  lr: 0.1   # rate\nOTHER:\n  x: 1\n"
+    out = edit_yaml_text(text, {"lr": 0.5, "seed": 3})
+    assert yaml.safe_load(out) == {"UNET": {"lr": 0.5, "seed": 3}, "OTHER": {"x": 1}}
+    assert "  lr: 0.5   # rate" in out

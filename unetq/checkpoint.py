@@ -1,0 +1,108 @@
+"""Checkpoints: plain tensors and Python scalars only, written atomically, read with
+``torch.load(weights_only=True)`` so that a file from elsewhere can never run code.
+
+A checkpoint is a dict:
+    format "unetq-checkpoint", version, model (state dict), config (the resolved YAML keys),
+    epoch, best_dice, best_epoch, metrics (the epoch's validation metrics) and, in ``last``
+    checkpoints, optimizer (state dict) and rng (random states) so that a run can be resumed.
+A bare state dict (a mapping of tensors) is also accepted as input.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+FORMAT = "unetq-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file."""
+
+
+def save(payload: Mapping[str, Any], path: Path) -> None:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, flushed to disk,
+    then renamed over the target. A crash at any moment leaves either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(payload, format=FORMAT, version=VERSION), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict:
+    """Read a checkpoint safely. Returns a dict with at least ``model`` (a state dict) and ``config``
+    (a dict, empty for a bare state dict). Raises CheckpointError with one clear line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused: the file holds Python objects{what} beyond tensors and plain "
+                              f"values, which could run code when loaded") from None
+    except Exception as err:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:160] if str(err) else 'no detail'})") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if not isinstance(obj.get("model"), Mapping):
+            raise CheckpointError(f"{path}: checkpoint has no model weights")
+        obj.setdefault("config", {})
+        return obj
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"model": dict(obj), "config": {}}
+    raise CheckpointError(f"{path}: not a unetq checkpoint nor a state dict of tensors")
+
+
+def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path,
+              ckpt_config: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None) -> list[str]:
+    """Load ``state`` into ``model``, explaining any mismatch in words.
+
+    Returns notices (e.g. a different quantization, which is legitimate for retraining a float model
+    into a quantized one); raises CheckpointError when the tensors do not fit, naming what differs.
+    """
+    from .models import MODEL_KEYS
+
+    notices, differs = [], []
+    if ckpt_config and config:
+        differs = [f"{k}: checkpoint {ckpt_config.get(k)!r}, config {config.get(k)!r}"
+                   for k in MODEL_KEYS if k in ckpt_config and ckpt_config.get(k) != config.get(k)]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(differs) if differs else _mismatch_summary(missing, unexpected, shapes)
+        raise CheckpointError(f"{path}: does not fit this model ({detail})")
+    model.load_state_dict(state)
+    if differs:
+        notices.append(f"note: {path.name} was trained with different settings ({'; '.join(differs)})")
+    return notices
+
+
+def _mismatch_summary(missing: list, unexpected: list, shapes: list) -> str:
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensors differ in shape, e.g. {shapes[0]}")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts)

@@ -1,0 +1,192 @@
+"""The command line every BASE training script shares:
+
+    python em_unet.py -f config.yaml -t UNET [-o key=value ...]
+
+It validates everything (config, checkpoint, data) before writing anything, then runs the mode the
+config asks for. Errors the user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Mapping, Sequence
+
+import torch
+import yaml
+
+from . import __version__, checkpoint, engine
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError, load, parse_overrides
+from .data import DataError
+from .engine import Run, TrainingError
+from .models import build_model, model_options
+from .runlog import CONFIG_NAME, METRICS_NAME, RunLog, fresh_folder, read_metrics, sub_folder
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
+
+
+def parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="Train / evaluate / visualize a quantized U-Net.")
+    parser.add_argument("-f", "--file", required=True, help="the experiment's config.yaml")
+    parser.add_argument("-t", "--type", default="UNET", help="section of the YAML to use (default UNET)")
+    parser.add_argument("-o", "--override", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. -o num_epochs=2 base_width=16")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not echo the log to the terminal")
+    return parser.parse_args(argv)
+
+
+def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[str] | None = None) -> int:
+    """Entry point of a BASE script: ``dataset`` (em | gm | nih), its ``datasets`` module (FIELDS,
+    build_datasets) and its recipe (defaults for the common keys). Returns the exit status."""
+    args = parse_args(argv, prog=Path(sys.argv[0]).name)
+    try:
+        overrides = parse_overrides(args.override)
+        cfg = load(args.file, args.type, overrides, extra_fields=getattr(base, "FIELDS", ()),
+                   recipe=recipe, dataset=dataset)
+        return _run(cfg, base, echo=not args.quiet)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
+    device, notice = engine.select_device(cfg)
+    engine.seed_everything(cfg.seed)
+    run_dir = cfg.path("log_output_dir") / cfg.experiment_name
+    mode = cfg.operation_mode
+    ckpt = _checkpoint_for(cfg, run_dir)
+    model = build_model(cfg)
+    notes = [notice] if notice else []
+    if ckpt is not None:
+        notes += checkpoint.load_into(model, ckpt["model"], _ckpt_path(cfg, run_dir), ckpt["config"], cfg.to_dict())
+    model.to(device)
+    data = None if mode == "visualize" else base.build_datasets(cfg)
+    # Everything is validated: only now is anything written.
+    folder = _output_folder(cfg, run_dir, notes)
+    log = RunLog(folder, echo=echo)
+    run = Run(cfg, model, device, data, log)
+    _header(run, notes)
+    try:
+        result = _dispatch(run, ckpt)
+    except (TrainingError, KeyboardInterrupt) as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        status = "interrupted" if interrupted else "failed"
+        reason = "interrupted by the user" if interrupted else str(err)
+        log.update_summary(status=status, error=reason, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        log.line(f"{status}: {reason}. Outputs so far are in {folder}"
+                 + ("; continue with operation_mode: resume" if mode in ("normal", "retrain", "resume") else ""))
+        if interrupted:
+            return 130
+        raise
+    log.update_summary(status="complete", finished=time.strftime("%Y-%m-%d %H:%M:%S"), **result)
+    log.line(f"done: outputs in {folder}")
+    return 0
+
+
+def _ckpt_path(cfg: Config, run_dir: Path) -> Path:
+    if cfg.operation_mode == "resume" and cfg.trained_model is None:
+        return run_dir / "last.pt"
+    return cfg.path("trained_model")
+
+
+def _checkpoint_for(cfg: Config, run_dir: Path) -> dict | None:
+    """The checkpoint a mode starts from (None for normal)."""
+    if cfg.operation_mode == "normal":
+        return None
+    path = _ckpt_path(cfg, run_dir)
+    ckpt = checkpoint.load(path)
+    if cfg.operation_mode == "resume" and not {"optimizer", "epoch"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a resumable checkpoint (it has no optimizer state); resume from the "
+                              f"run's last.pt")
+    return ckpt
+
+
+def _output_folder(cfg: Config, run_dir: Path, notes: list) -> Path:
+    mode = cfg.operation_mode
+    if mode in ("inference", "visualize"):
+        return sub_folder(run_dir, mode)
+    if mode == "resume":
+        return run_dir
+    folder, notice = fresh_folder(run_dir)
+    if notice:
+        notes.append(f"notice: {notice}")
+    with open(folder / CONFIG_NAME, "w", encoding="utf-8") as fh:
+        yaml.safe_dump({cfg.section: cfg.to_dict()}, fh, sort_keys=False)
+    return folder
+
+
+def _dispatch(run: Run, ckpt: dict | None) -> dict:
+    mode = run.cfg.operation_mode
+    if mode == "visualize":
+        return {"figures": [str(p) for p in engine.visualize(run)]}
+    if mode == "inference":
+        return {"metrics": engine.infer(run)}
+    if mode == "resume":
+        return _resume(run, ckpt)
+    return engine.train(run)
+
+
+def _resume(run: Run, ckpt: dict) -> dict:
+    """Continue from a ``last.pt``: weights, optimizer, epoch, best score and random states."""
+    epoch = int(ckpt["epoch"])
+    if epoch >= run.cfg.num_epochs:
+        run.log.line(f"resume: the run already finished its {run.cfg.num_epochs} epochs; nothing to do")
+        return {"best_dice": ckpt.get("best_dice"), "best_epoch": ckpt.get("best_epoch")}
+    optimizer = torch.optim.Adam(run.model.parameters(), lr=run.cfg.lr)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    engine.restore_rng(ckpt.get("rng", {}))
+    history = _trim_metrics(run.log.folder / METRICS_NAME, epoch)
+    run.log.line(f"resume: continuing after epoch {epoch} (best {ckpt['best_dice']:.2f} at epoch {ckpt['best_epoch']})")
+    return engine.train(run, start_epoch=epoch + 1, best=(float(ckpt["best_dice"]), int(ckpt["best_epoch"])),
+                        optimizer=optimizer, history=history)
+
+
+def _trim_metrics(path: Path, last_epoch: int) -> list[dict]:
+    """Keep the metric rows up to ``last_epoch`` (rows written after the checkpoint are redone)."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_epoch]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(kept)
+    return read_metrics(path)
+
+
+def _header(run: Run, notes: list) -> None:
+    cfg, log = run.cfg, run.log
+    opts = model_options(cfg)
+    wf, af = run.model.weight_format, run.model.activation_format
+    params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    log.line(f"=== {cfg.experiment_name} | mode {cfg.operation_mode} | {time.strftime('%Y-%m-%d %H:%M:%S')} ===")
+    log.line(f"unetq {__version__} | torch {torch.__version__} | python {platform.python_version()} | "
+             f"device {run.device} | {Path(sys.argv[0]).name}")
+    log.line(f"config: {cfg.source} [{cfg.section}]")
+    if run.data is not None:
+        log.line(f"data ({run.data.source}): {run.data.description}")
+        for note in run.data.notes:
+            log.line(f"  {note}")
+    log.line(f"model: U-Net, base width {opts['base_width']}, {params:,} parameters; {cfg.quantization}: weights "
+             f"{wf.describe()} on 12 convs, activations {af.describe() if af.kind not in ('normal', 'ternary') else 'float'}"
+             f"; activation {cfg.activation}; dropout {'on' if cfg.dropout else 'off'}; init {cfg.init_type}")
+    if cfg.operation_mode in ("normal", "retrain", "resume"):
+        log.line(f"recipe: Adam lr {cfg.lr:g}, {cfg.lr_schedule} schedule, {cfg.num_epochs} epochs, batch "
+                 f"{cfg.batch_size}/{cfg.val_batch_size}, loss {cfg.loss}"
+                 f"{' (legacy double sigmoid)' if cfg.legacy_double_sigmoid else ''}, seed {cfg.seed}")
+    log.line(f"metrics: per slice, x100, prediction = sigmoid >= {cfg.threshold} (dice@0.5 beside it); "
+             f"HD95 mode {cfg.hd95_mode}")
+    for note in notes:
+        log.line(note)
+    log.update_summary(status="running", mode=cfg.operation_mode, experiment_name=cfg.experiment_name,
+                       dataset=cfg.dataset, data_source=run.data.source if run.data else None,
+                       data_description=run.data.description if run.data else None,
+                       num_epochs=cfg.num_epochs, base_width=opts["base_width"], quantization=cfg.quantization,
+                       weight_format=wf.describe(), activation_format=af.describe(), threshold=cfg.threshold,
+                       device=str(run.device), torch=torch.__version__, started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                       command=" ".join(sys.argv))

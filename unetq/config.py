@@ -1,0 +1,368 @@
+"""The experiment configuration: the paper's YAML format, validated into one typed object.
+
+A config file holds one or more top-level sections (the paper used ``UNET``); ``-t`` picks one.
+Inside it, the paper's keys (dataset, lr, num_epochs, model_type, init_type, quantization, the four
+widths, gpu_core_num, trained_model, experiment_name, log_output_dir, operation_mode, activation,
+dropout) plus our additions, each with a documented default (``python -m unetq.config`` prints the
+table). Values of choice keys are case-insensitive, as in the original.
+
+Precedence: schema default < the dataset's recipe (its BASE) < the YAML file < ``-o key=value``.
+Every problem raises :class:`ConfigError` with one line naming the file, the key, the bad value and
+what is allowed; nothing is written before the whole config has been validated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line meant for the user."""
+
+
+_TRUE = {"true", "yes", "on", "enable", "enabled", "1"}
+_FALSE = {"false", "no", "off", "disable", "disabled", "0", "none"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: its type (int | float | bool | str | choice | path), default, limits, help."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    nullable: bool = False
+
+    def allowed(self) -> str:
+        """What the key accepts, in words (used in error messages and the key table)."""
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "bool":
+            return "true/false (or enable/disable)"
+        if self.kind in ("int", "float"):
+            word = "an integer" if self.kind == "int" else "a number"
+            if self.low is not None and self.high is not None:
+                return f"{word} from {_fmt(self.low)} to {_fmt(self.high)}"
+            if self.low is not None:
+                return f"{word} >= {_fmt(self.low)}"
+            return word
+        return "a path" if self.kind == "path" else "a string"
+
+    def parse(self, value: Any) -> Any:
+        """Check and canonicalise one value; raises ValueError with the reason."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError("must not be empty")
+        return getattr(self, "_parse_" + self.kind)(value)
+
+    def _parse_int(self, value):
+        if isinstance(value, bool):
+            raise ValueError("is a boolean")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError("is not an integer") from None
+        if not isinstance(value, int):
+            raise ValueError("is not an integer")
+        return self._in_range(value)
+
+    def _parse_float(self, value):
+        if isinstance(value, bool):
+            raise ValueError("is a boolean")
+        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError("is not a number") from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        return self._in_range(float(value))
+
+    def _in_range(self, value):
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ValueError("is out of range")
+        return value
+
+    def _parse_bool(self, value):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("is not a boolean")
+
+    def _parse_choice(self, value):
+        text = str(value).strip().lower()
+        if text not in self.choices:
+            raise ValueError("is not allowed")
+        return text
+
+    def _parse_str(self, value):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError("is not a string")
+        text = str(value).strip()
+        if not text:
+            raise ValueError("is empty")
+        return text
+
+    _parse_path = _parse_str
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+# Bit widths: 0..16 per part; FIXED additionally needs i + f in 1..23 (exact in float32).
+_WIDTH = dict(kind="int", default=0, low=0, high=16)
+
+COMMON_FIELDS: tuple[Field, ...] = (
+    # --- the paper's keys ---
+    Field("dataset", "choice", None, "which dataset this config is for (must match the script)",
+          choices=("em", "gm", "nih")),
+    Field("lr", "float", 1e-3, "Adam learning rate", low=1e-12, high=10.0),
+    Field("num_epochs", "int", 200, "training epochs", low=1, high=100000),
+    Field("model_type", "choice", "unet", "network (the paper's U-Net)", choices=("unet",)),
+    Field("init_type", "choice", "uniform",
+          "quantized-conv init: uniform = U(-1,1) (what the original ran), glorot", choices=("uniform", "glorot")),
+    Field("quantization", "choice", "normal", "normal | fixed | int | bnn | ternary",
+          choices=("normal", "fixed", "int", "bnn", "ternary")),
+    Field("activation_i_width", help="activation integer bits (INT: the bit count n)", **_WIDTH),
+    Field("activation_f_width", help="activation fraction bits", **_WIDTH),
+    Field("weight_i_width", help="weight integer bits (INT: the bit count n)", **_WIDTH),
+    Field("weight_f_width", help="weight fraction bits", **_WIDTH),
+    Field("gpu_core_num", "int", 0, "CUDA device index (CPU is used, with a notice, when CUDA is absent)",
+          low=0, high=1024),
+    Field("trained_model", "path", None, "checkpoint for retrain | inference | visualize | resume",
+          nullable=True),
+    Field("experiment_name", "str", None, "run folder name (default: the config's folder name)", nullable=True),
+    Field("log_output_dir", "path", "runs", "where run folders go (relative to the config file)"),
+    Field("operation_mode", "choice", "normal", "normal | retrain | inference | visualize | resume",
+          choices=("normal", "retrain", "inference", "visualize", "resume")),
+    Field("activation", "choice", "relu", "relu | tanh | ternarytanh", choices=("relu", "tanh", "ternarytanh")),
+    Field("dropout", "bool", False, "Dropout2d(0.4) after every BatchNorm (enable | disable)"),
+    # --- our additions ---
+    Field("fixed_mode", "choice", "paper", "fixed-point mode for FIXED: paper | saturating | pow2",
+          choices=("paper", "saturating", "pow2")),
+    Field("base_width", "int", 64, "U-Net width of the first block (64 = the paper)", low=1, high=512),
+    Field("batch_size", "int", 16, "training batch size", low=1, high=100000),
+    Field("val_batch_size", "int", 16, "validation batch size", low=1, high=100000),
+    Field("loss", "choice", "dice", "dice | bce_dice", choices=("dice", "bce_dice")),
+    Field("legacy_double_sigmoid", "bool", False, "reproduce the original EM loss bug (second sigmoid)"),
+    Field("lr_schedule", "choice", "cosine", "step (x0.1 every num_epochs/5) | cosine (to 0) | constant",
+          choices=("step", "cosine", "constant")),
+    Field("threshold", "float", 0.999, "probability threshold of the prediction (paper: 0.999)",
+          low=1e-6, high=1 - 1e-9),
+    Field("hd95_mode", "choice", "max", "HD95 definition: max of directed 95th percentiles | pooled",
+          choices=("max", "pooled")),
+    Field("seed", "int", 0, "seed of torch, numpy, python and the data order", low=0, high=2**31 - 1),
+    Field("data_source", "choice", "phantom",
+          "phantom (built-in synthetic) | sample (../shared/data) | real (data_path)",
+          choices=("phantom", "sample", "real")),
+    Field("data_path", "path", None, "dataset location for data_source: real (or to override sample)",
+          nullable=True),
+    Field("num_workers", "int", 0, "DataLoader worker processes", low=0, high=256),
+    Field("device", "str", "auto", "auto | cpu | cuda | cuda:N"),
+    Field("overlay_every", "int", 10, "write prediction overlays every N epochs (0: only at the end)",
+          low=0, high=100000),
+)
+
+
+class Config:
+    """A validated configuration: attribute access to every key (``cfg.lr``), the file it came
+    from, and path resolution relative to that file's folder."""
+
+    def __init__(self, values: Mapping[str, Any], source: Path | None, section: str):
+        self._values = dict(values)
+        self.source = source
+        self.section = section
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name, default)
+
+    def to_dict(self) -> dict:
+        """All keys with their resolved values (what a run records as its config)."""
+        return dict(self._values)
+
+    @property
+    def folder(self) -> Path:
+        """The folder relative paths are resolved against (the config file's folder)."""
+        return self.source.parent if self.source else Path.cwd()
+
+    def path(self, key: str) -> Path | None:
+        """The value of a path key, resolved against :attr:`folder` (None when unset)."""
+        value = self._values.get(key)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.folder / p)
+
+
+def _where(source: Path | None) -> str:
+    return str(source) if source else "config"
+
+
+def _fail(source: Path | None, key: str, value: Any, reason: str, spec: Field | None) -> None:
+    allowed = f"; allowed: {spec.allowed()}" if spec else ""
+    hint = ""
+    if spec and spec.kind == "choice":
+        close = difflib.get_close_matches(str(value).lower(), spec.choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{_where(source)}: key {key!r}: {value!r} {reason}{allowed}{hint}")
+
+
+def validate(raw: Mapping[str, Any], *, source: Path | None = None, section: str = "UNET",
+             extra_fields: Sequence[Field] = (), recipe: Mapping[str, Any] | None = None,
+             dataset: str | None = None) -> Config:
+    """Validate a mapping of keys into a :class:`Config`.
+
+    extra_fields: the dataset's own keys (declared by its BASE); recipe: the dataset's defaults for
+    common keys (batch sizes, loss, schedule); dataset: the dataset the calling script trains.
+    """
+    fields = {f.name: f for f in (*COMMON_FIELDS, *extra_fields)}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{_where(source)}: section {section!r} must be a mapping of key: value, "
+                          f"got {type(raw).__name__}")
+    values = {name: f.default for name, f in fields.items()}
+    for key, value in (recipe or {}).items():
+        values[key] = fields[key].parse(value)
+    seen: dict[str, str] = {}
+    for key, value in raw.items():
+        key_text = str(key)
+        spec = fields.get(key_text) or fields.get(key_text.lower())
+        if spec is None:
+            close = difflib.get_close_matches(key_text.lower(), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{_where(source)}: unknown key {key_text!r}{hint}")
+        if spec.name in seen:
+            raise ConfigError(f"{_where(source)}: key {spec.name!r} is given twice (as {seen[spec.name]!r} and "
+                              f"{key_text!r}); keys are case-insensitive")
+        seen[spec.name] = key_text
+        try:
+            values[spec.name] = spec.parse(value)
+        except ValueError as err:
+            _fail(source, spec.name, value, str(err), spec)
+    if dataset is not None:
+        if raw.get("dataset") is None:
+            values["dataset"] = dataset
+        elif values["dataset"] != dataset:
+            raise ConfigError(f"{_where(source)}: key 'dataset': {values['dataset']!r} does not match this "
+                              f"script, which trains {dataset!r}")
+    _check_combinations(values, source)
+    if values.get("experiment_name") is None:
+        values["experiment_name"] = (source.parent.resolve().name if source else "experiment")
+    return Config(values, source, section)
+
+
+def _check_combinations(v: dict, source: Path | None) -> None:
+    """Rules that involve more than one key."""
+    where = _where(source)
+    if v["quantization"] == "fixed":
+        for role in ("weight", "activation"):
+            i, f = v[f"{role}_i_width"], v[f"{role}_f_width"]
+            if not 1 <= i + f <= 23:
+                raise ConfigError(f"{where}: keys '{role}_i_width' + '{role}_f_width' = {i} + {f}: a FIXED "
+                                  f"format needs 1 to 23 bits in total (float32 holds Qi.f exactly up to 23)")
+    if v["quantization"] == "int":
+        for role in ("weight", "activation"):
+            if v[f"{role}_i_width"] < 1:
+                raise ConfigError(f"{where}: key '{role}_i_width': 0 is not allowed for INT; allowed: the bit "
+                                  f"count n, an integer from 1 to 16")
+    if v["operation_mode"] in ("retrain", "inference", "visualize") and v["trained_model"] is None:
+        raise ConfigError(f"{where}: key 'trained_model' is required when operation_mode is "
+                          f"{v['operation_mode']!r}; give the path of a checkpoint (e.g. runs/NAME/best.pt)")
+    if v["data_source"] == "real" and v["data_path"] is None:
+        raise ConfigError(f"{where}: key 'data_path' is required when data_source is 'real'")
+    device = v["device"].lower()
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"{where}: key 'device': {v['device']!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    v["device"] = device
+
+
+def parse_overrides(items: Iterable[str], source: str = "-o") -> dict:
+    """``["num_epochs=2", "base_width=16"]`` -> ``{"num_epochs": 2, "base_width": 16}`` (values read as
+    YAML scalars, so numbers and booleans come out typed; they are validated with the file's keys)."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: {item!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file with the safe loader; any failure becomes one-line ConfigError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); a config must be a YAML text file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: unreadable YAML{where}: {problem}") from None
+
+
+def load(path: Path | str, section: str, overrides: Mapping[str, Any] | None = None, **kwargs) -> Config:
+    """Load ``section`` of the YAML file at ``path``, apply ``overrides`` and validate (see
+    :func:`validate` for the keyword arguments)."""
+    path = Path(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected sections like 'UNET:' holding key: value pairs; the file is "
+                          f"{'empty' if data is None else 'a ' + type(data).__name__}")
+    if section not in data:
+        found = ", ".join(map(str, data)) or "none"
+        raise ConfigError(f"{path}: no section {section!r} (the -t argument); sections found: {found}")
+    raw = data[section]
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict) and overrides:
+        raw = {**raw, **overrides}
+    return validate(raw, source=path, section=section, **kwargs)
+
+
+def key_table(extra_fields: Sequence[Field] = ()) -> str:
+    """A Markdown table of every key, its default and what it accepts (for READMEs)."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in (*COMMON_FIELDS, *extra_fields):
+        rows.append(f"| `{f.name}` | `{f.default}` | {f.allowed()} | {f.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(key_table())

@@ -1,0 +1,125 @@
+"""What every dataset shares: the in-memory slice dataset, the bundle a BASE hands to the engine,
+safe image reading and the small geometry helpers (resize, centre crop).
+
+A BASE folder's ``datasets.py`` provides:
+
+    FIELDS           its own config keys (unetq.config.Field), e.g. ``foreground`` for EM
+    build_datasets(cfg) -> DataBundle
+
+Items are dicts ``{"image": float32 [1,H,W], "mask": float32 [1,H,W] in {0,1},
+"spacing": float64 [2] (mm per pixel, rows/cols; NaN when unknown), "index": int}``.
+Random transforms draw from a generator seeded by (seed, epoch, index), so a run is repeatable
+whatever the number of DataLoader workers and can be resumed mid-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message is one line naming the file and the problem."""
+
+
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
+
+
+class SliceDataset(Dataset):
+    """2-D slices held in memory (images float32 [N,H,W], masks {0,1} [N,H,W]).
+
+    transform(image, mask, rng) -> (image, mask) runs per item (training augmentation); names are
+    kept for logs and overlays; spacings [N,2] in mm (NaN when unknown).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, names: Optional[Sequence[str]] = None,
+                 spacings: Optional[np.ndarray] = None, transform: Optional[Transform] = None, seed: int = 0):
+        if len(images) != len(masks):
+            raise DataError(f"{len(images)} images but {len(masks)} masks")
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.masks = np.ascontiguousarray(masks, dtype=np.uint8)
+        self.names = list(names) if names is not None else [str(i) for i in range(len(images))]
+        self.spacings = (np.full((len(images), 2), np.nan) if spacings is None
+                         else np.asarray(spacings, dtype=np.float64).reshape(len(images), 2))
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the random stream of this epoch (call before iterating)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.images[index], self.masks[index]
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, mask = self.transform(image, mask, rng)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
+            "spacing": torch.from_numpy(self.spacings[index].copy()),
+            "index": index,
+        }
+
+
+@dataclass
+class DataBundle:
+    """What a BASE hands to the engine: the two datasets and a one-line account of the data.
+
+    source: phantom | sample | real (every log line and results row carries it);
+    description: what was read and how it was split; notes: extra lines for the log.
+    """
+
+    train: Dataset
+    val: Dataset
+    source: str
+    description: str
+    notes: list = field(default_factory=list)
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """A single-channel image file (PNG, TIFF page 0, ...) as a 2-D numpy array; a truncated,
+    corrupt or multi-channel file raises DataError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "I", "I;16", "F", "1", "P"):
+                raise DataError(f"{path}: expected a single-channel (grayscale) image, got mode {img.mode}")
+            return np.array(img.convert("L") if img.mode in ("1", "P") else img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: unreadable image ({err})") from None
+
+
+def resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize a 2-D array to (H, W): bilinear for images, nearest for label maps (PIL)."""
+    from PIL import Image
+
+    mode = Image.NEAREST if nearest else Image.BILINEAR
+    as_float = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F")
+    out = np.asarray(as_float.resize((size[1], size[0]), mode))
+    return out.astype(image.dtype) if nearest else out
+
+
+def center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre crop of the last two axes to (H, W), zero-padding symmetrically where smaller."""
+    h, w = array.shape[-2:]
+    th, tw = size
+    pad_h, pad_w = max(th - h, 0), max(tw - w, 0)
+    if pad_h or pad_w:
+        pads = [(0, 0)] * (array.ndim - 2) + [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)]
+        array = np.pad(array, pads)
+        h, w = array.shape[-2:]
+    top, left = (h - th) // 2, (w - tw) // 2
+    return array[..., top:top + th, left:left + tw]

@@ -1,0 +1,330 @@
+"""The training engine shared by every dataset: train (normal / retrain), evaluate (inference) and
+visualize, per METHOD.md sections 4-6.
+
+One epoch e (1-based) trains with the learning rate of schedule index e - 1 (the scheduler steps at
+the END of an epoch), then validates in eval mode. The best checkpoint is kept on a strictly greater
+mean validation Dice (at the configured threshold); the final weights go to a separate ``last``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from . import checkpoint, figures
+from .config import Config
+from .data import DataBundle
+from .losses import build_loss
+from .metrics import MetricAggregator, dice
+from .runlog import RunLog
+
+N_OVERLAYS = 4
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a non-finite loss); one line, the last good checkpoint is kept."""
+
+
+@dataclass
+class Run:
+    """Everything a mode needs."""
+
+    cfg: Config
+    model: torch.nn.Module
+    device: torch.device
+    data: DataBundle | None
+    log: RunLog
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule, loaders, device
+# --------------------------------------------------------------------------------------------
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Learning rate of (1-based) ``epoch``: schedule index t = epoch - 1 of
+
+    step:     lr * 0.1^k, k = number of milestones N/5, 2N/5, 3N/5, 4N/5 that t has reached (compared
+              as real numbers, so a short run still starts at lr and keeps the schedule's shape)
+    cosine:   annealing from lr to 0 over N epochs, lr (1 + cos(pi t / N)) / 2
+    constant: lr
+    Written as a function of the epoch (no scheduler object), so a resumed run needs no state.
+    """
+    n, t = cfg.num_epochs, epoch - 1
+    if cfg.lr_schedule == "step":
+        return cfg.lr * 0.1 ** sum(t >= k * n / 5 for k in range(1, 5))
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * t / n)) / 2
+    return cfg.lr
+
+
+def ternary_beta(cfg: Config, epoch: int) -> float:
+    """beta of ternaryTanh in ``epoch``: linspace(3, 8, num_epochs)[epoch - 1]."""
+    return float(np.linspace(3.0, 8.0, cfg.num_epochs)[epoch - 1])
+
+
+class EpochShuffle(Sampler):
+    """A permutation drawn from (seed, epoch): the data order is repeatable and resumable."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy and python in DataLoader workers from torch's per-worker seed (itself derived from
+    the run's seed), for any transform that draws from the global generators."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int, cfg: Config, device: torch.device, shuffle: bool) -> DataLoader:
+    """DataLoader with the run's worker count; training order from :class:`EpochShuffle`."""
+    sampler = EpochShuffle(len(dataset), cfg.seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=cfg.num_workers, worker_init_fn=_seed_worker,
+                      pin_memory=device.type == "cuda", drop_last=False)
+
+
+def select_device(cfg: Config) -> tuple[torch.device, str | None]:
+    """The device to run on, and a notice when CUDA was asked for but is absent."""
+    want = cfg.device
+    if want == "cpu":
+        return torch.device("cpu"), None
+    index = int(want[5:]) if want.startswith("cuda:") else cfg.gpu_core_num
+    if torch.cuda.is_available():
+        if index >= torch.cuda.device_count():
+            return torch.device("cpu"), (f"notice: CUDA device {index} does not exist "
+                                         f"({torch.cuda.device_count()} found); running on the CPU")
+        return torch.device(f"cuda:{index}"), None
+    if want == "auto":
+        return torch.device("cpu"), "notice: CUDA is not available; running on the CPU"
+    return torch.device("cpu"), f"notice: device {want!r} asked for but CUDA is not available; running on the CPU"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch of training, one pass of evaluation
+# --------------------------------------------------------------------------------------------
+
+def train_epoch(model, loader, loss_fn: Callable, optimizer, device, desc: str = "train") -> float:
+    """Train one epoch; returns the mean batch loss. Non-finite losses are detected without a host
+    sync per batch (the flags are checked once, at the end of the epoch)."""
+    model.train()
+    losses = []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    values = torch.stack(losses).float().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        raise TrainingError(f"non-finite training loss at batch {int(bad[0]) + 1} of {len(values)}")
+    return float(values.mean())
+
+
+@torch.inference_mode()
+def evaluate(model, loader, cfg: Config, device, loss_fn: Callable | None = None,
+             keep: tuple[int, ...] = ()) -> tuple[dict, list]:
+    """One pass over ``loader`` in eval mode. Returns (metrics, kept) where metrics holds the
+    per-slice means (x100) at ``cfg.threshold`` plus ``dice_05`` (Dice at 0.5), ``val_loss`` and the
+    counts, and kept lists (index, image, gt, pred) for the dataset indices in ``keep``."""
+    model.eval()
+    agg = MetricAggregator(cfg.hd95_mode)
+    total, count, kept = 0.0, 0, []
+    for batch in tqdm(loader, desc="validate", leave=False, disable=None, unit="batch"):
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        logits = model(x)
+        if loss_fn is not None:
+            total += float(loss_fn(logits, y)) * len(x)
+            count += len(x)
+        probs = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        gts = batch["mask"][:, 0].numpy() > 0.5
+        for k in range(len(probs)):
+            pred = probs[k] >= cfg.threshold
+            spacing = batch["spacing"][k].numpy()
+            agg.add(pred, gts[k], None if np.isnan(spacing).any() else spacing,
+                    extra={"dice_05": dice(probs[k] >= 0.5, gts[k]) * 100.0})
+            index = int(batch["index"][k])
+            if index in keep:
+                kept.append((index, batch["image"][k, 0].numpy(), gts[k], pred))
+    metrics = agg.result()
+    metrics["val_loss"] = total / count if count else float("nan")
+    return metrics, kept
+
+
+def overlay_indices(n: int) -> tuple[int, ...]:
+    """Up to N_OVERLAYS validation slices spread evenly over the set."""
+    return tuple(sorted({round(i * (n - 1) / max(N_OVERLAYS - 1, 1)) for i in range(min(n, N_OVERLAYS))}))
+
+
+# --------------------------------------------------------------------------------------------
+# Modes
+# --------------------------------------------------------------------------------------------
+
+METRIC_LINE = (("dice", "dice"), ("dice_05", "dice@0.5"), ("precision", "precision"), ("recall", "recall"),
+               ("specificity", "specificity"), ("iou", "iou"), ("accuracy", "accuracy"), ("rand_index", "rand"),
+               ("hd95", "hd95"))
+
+
+def format_metrics(m: dict) -> str:
+    """``dice 85.12 | dice@0.5 88.10 | ...`` (the paper-style part of a log line)."""
+    return " | ".join(f"{label} {m[key]:.2f}" for key, label in METRIC_LINE if key in m)
+
+
+def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 0), optimizer=None,
+          history: list | None = None) -> dict:
+    """Train from ``start_epoch`` to ``cfg.num_epochs`` (normal, retrain and resume modes; resume
+    passes the restored optimizer, best score and earlier metric rows). Returns the best epoch."""
+    cfg, model, log = run.cfg, run.model, run.log
+    loss_fn = build_loss(cfg.loss, cfg.legacy_double_sigmoid)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    train_loader = make_loader(run.data.train, cfg.batch_size, cfg, run.device, shuffle=True)
+    val_loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False)
+    keep = overlay_indices(len(run.data.val))
+    best_dice, best_epoch = best
+    history = list(history or [])
+    epochs = tqdm(range(start_epoch, cfg.num_epochs + 1), desc="epochs", disable=None, unit="epoch",
+                  initial=start_epoch - 1, total=cfg.num_epochs)
+    for epoch in epochs:
+        started = time.perf_counter()
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.activation == "ternarytanh":
+            model.set_ternary_beta(ternary_beta(cfg, epoch))
+        for ds in (run.data.train, train_loader.sampler):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+        try:
+            train_loss = train_epoch(model, train_loader, loss_fn, optimizer, run.device, f"epoch {epoch}")
+        except TrainingError as err:
+            raise TrainingError(f"epoch {epoch}: {err}; the last good checkpoint is kept") from None
+        metrics, kept = evaluate(model, val_loader, cfg, run.device, loss_fn, keep)
+        row = {"epoch": epoch, "time_s": time.perf_counter() - started, "lr": lr, "train_loss": train_loss,
+               **{k: v for k, v in metrics.items()}, "data_source": run.data.source}
+        history.append(row)
+        improved = metrics["dice"] > best_dice
+        if improved:
+            best_dice, best_epoch = metrics["dice"], epoch
+        _save_epoch(run, epoch, metrics, best_dice, best_epoch, optimizer, improved)
+        log.line(f"epoch {epoch}/{cfg.num_epochs} | {row['time_s']:.1f} s | loss {train_loss:.4f} | "
+                 f"val loss {metrics['val_loss']:.4f} | {format_metrics(metrics)} | lr {lr:.2e} | "
+                 f"best {best_dice:.2f} (epoch {best_epoch})")
+        log.metrics_row(row)
+        log.update_summary(epochs_done=epoch, best_dice=best_dice, best_epoch=best_epoch, last=row)
+        figures.plot_curves(history, run.log.folder / "curves.png", title=cfg.experiment_name)
+        if epoch == cfg.num_epochs or (cfg.overlay_every and epoch % cfg.overlay_every == 0):
+            _overlays(run, kept, run.log.folder / "overlays" / f"epoch_{epoch:03d}.png", f"epoch {epoch}")
+        epochs.set_postfix(dice=f"{metrics['dice']:.2f}", best=f"{best_dice:.2f}")
+    return {"best_dice": best_dice, "best_epoch": best_epoch}
+
+
+def _save_epoch(run: Run, epoch: int, metrics: dict, best_dice: float, best_epoch: int, optimizer,
+                improved: bool) -> None:
+    """Write ``last.pt`` (resumable) every epoch and ``best.pt`` on improvement. Weights are checked
+    first: a model with non-finite weights never replaces a good checkpoint."""
+    bad = [n for n, p in run.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingError(f"epoch {epoch}: non-finite weights in {bad[0]}; the last good checkpoint is kept")
+    base = {"model": run.model.state_dict(), "config": run.cfg.to_dict(), "epoch": epoch,
+            "metrics": _plain(metrics), "best_dice": float(best_dice), "best_epoch": best_epoch,
+            "data_source": run.data.source}
+    if improved:
+        checkpoint.save(base, run.log.folder / "best.pt")
+    checkpoint.save({**base, "optimizer": optimizer.state_dict(), "rng": rng_state()},
+                    run.log.folder / "last.pt")
+
+
+def _plain(d: dict) -> dict:
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
+
+
+def rng_state() -> dict:
+    """The random states a resumed run needs (torch CPU and CUDA; numpy's global generator)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of :func:`rng_state` (missing parts are left alone)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
+
+
+def _overlays(run: Run, kept: list, path: Path, label: str) -> None:
+    kept = sorted(kept, key=lambda item: item[0])
+    if not kept:
+        return
+    names = getattr(run.data.val, "names", None)
+    titles = [f"{names[i] if names else i}" for i, *_ in kept]
+    figures.save_overlays([k[1] for k in kept], [k[2] for k in kept], [k[3] for k in kept], path,
+                          titles=titles, suptitle=f"{run.cfg.experiment_name}: {label}, threshold {run.cfg.threshold}")
+
+
+def infer(run: Run) -> dict:
+    """Inference mode: one evaluation pass over the validation set in eval mode, no training;
+    the metrics are logged, written (metrics.csv) and drawn as overlays."""
+    cfg = run.cfg
+    loss_fn = build_loss(cfg.loss, cfg.legacy_double_sigmoid)
+    loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False)
+    started = time.perf_counter()
+    metrics, kept = evaluate(run.model, loader, cfg, run.device, loss_fn, overlay_indices(len(run.data.val)))
+    row = {"time_s": time.perf_counter() - started, **metrics, "data_source": run.data.source}
+    run.log.line(f"inference | {row['time_s']:.1f} s | {metrics['n_slices']} slices | val loss "
+                 f"{metrics['val_loss']:.4f} | {format_metrics(metrics)} | hd {metrics['hd']:.2f} | "
+                 f"dice (non-empty GT) {metrics['dice_nonempty']:.2f}")
+    run.log.metrics_row(row)
+    _overlays(run, kept, run.log.folder / "overlays.png", "inference")
+    return metrics
+
+
+def visualize(run: Run) -> list[Path]:
+    """Visualize mode: the distribution of every conv layer's weights, float and quantized."""
+    paths = [run.log.folder / "weights.png", run.log.folder / "weights.pdf"]
+    figures.plot_weight_distributions(run.model, paths, title=f"{run.cfg.experiment_name}: conv weights")
+    for p in paths:
+        run.log.line(f"wrote {p}")
+    return paths

@@ -1,0 +1,116 @@
+"""Figures a run writes: training curves, prediction overlays in the paper's colours, and the
+per-layer weight distributions of the visualize mode. Matplotlib with the file-only Agg backend."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# The paper's overlay colours: overlap orange, ground truth only red, prediction only blue.
+OVERLAP, GT_ONLY, PRED_ONLY = (1.0, 0.6, 0.0), (0.9, 0.1, 0.1), (0.1, 0.3, 1.0)
+
+
+def overlay_rgb(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """An RGB picture of ``image`` (any range) with ground truth and prediction painted on it:
+    orange where both agree on foreground, red for ground truth only, blue for prediction only."""
+    lo, hi = float(np.min(image)), float(np.max(image))
+    gray = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image, dtype=float)
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(float)
+    gt, pred = gt.astype(bool), pred.astype(bool)
+    for region, colour in ((gt & pred, OVERLAP), (gt & ~pred, GT_ONLY), (~gt & pred, PRED_ONLY)):
+        rgb[region] = (1 - alpha) * rgb[region] + alpha * np.asarray(colour)
+    return rgb
+
+
+def save_overlays(images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                  path: Path, titles: Sequence[str] = (), suptitle: str = "") -> None:
+    """One row per slice: input, ground truth, prediction, overlay (PNG)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    for r in range(n):
+        panels = [(images[r], "input", "gray"), (gts[r], "ground truth", "gray"), (preds[r], "prediction", "gray"),
+                  (overlay_rgb(images[r], gts[r], preds[r]), "overlay", None)]
+        for c, (data, name, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(data, cmap=cmap, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+        if r < len(titles):
+            axes[r, 0].set_ylabel(titles[r], fontsize=8)
+    legend = "orange: overlap   red: ground truth only   blue: prediction only"
+    fig.suptitle(f"{suptitle}\n{legend}" if suptitle else legend, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
+    """Training curves from the per-epoch metric rows: losses, Dice, learning rate."""
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+        ax_loss.plot(epochs, [r.get(key, np.nan) for r in rows], label=label)
+    for key, label in (("dice", "Dice @ threshold"), ("dice_05", "Dice @ 0.5"), ("dice_nonempty", "Dice, non-empty GT")):
+        ax_dice.plot(epochs, [r.get(key, np.nan) for r in rows], label=label)
+    ax_lr.semilogy(epochs, [r["lr"] for r in rows])
+    for ax, name in ((ax_loss, "loss"), (ax_dice, "Dice (x100)"), (ax_lr, "learning rate")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    ax_dice.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_weight_distributions(model: torch.nn.Module, paths: Sequence[Path], title: str = "") -> None:
+    """Histogram of every conv layer's weights, float ("shadow") and as the layer uses them
+    (quantized), one panel per layer; saved to each of ``paths`` (e.g. a PNG and a PDF)."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    cols = 4
+    rows = (len(convs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, (name, conv) in zip(axes.flat, convs):
+        with torch.no_grad():
+            w = conv.weight.detach().float().cpu().numpy().ravel()
+            used = conv.quantized_weight() if hasattr(conv, "quantized_weight") else conv.weight
+            q = used.detach().float().cpu().numpy().ravel()
+        bins = np.linspace(min(w.min(), q.min()), max(w.max(), q.max()), 81)
+        if bins[0] == bins[-1]:
+            bins = 81
+        ax.hist(w, bins=bins, alpha=0.6, label="float", color="tab:gray")
+        ax.hist(q, bins=bins, alpha=0.6, label="quantized", color="tab:orange")
+        fmt = conv.fmt.describe() if hasattr(conv, "fmt") and name.split(".")[0] != "enc1" else "float32"
+        ax.set_title(f"{name}  [{fmt}]  {len(np.unique(q))} values", fontsize=8)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(convs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    for path in paths:
+        _save(fig, path, close=False)
+    plt.close(fig)
+
+
+def _save(fig, path: Path, close: bool = True) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():     # a one-epoch curve has identical y limits: harmless
+        warnings.simplefilter("ignore", UserWarning)
+        fig.savefig(path, dpi=110)
+    if close:
+        plt.close(fig)

@@ -1,0 +1,146 @@
+"""The paper's U-Net with quantized convolutions (METHOD.md section 3).
+
+    input (1 ch) -> enc1 -> pool -> enc2 -> pool -> enc3 -> pool -> bottom
+                 -> up + cat(enc3) -> dec3 -> up + cat(enc2) -> dec2 -> up + cat(enc1) -> dec1 -> head
+
+Every block is two times [3x3 conv -> activation -> BatchNorm -> (dropout) -> activation quantizer].
+enc1's two convs and the 1x1-free 3x3 head stay float; the other 12 convs are quantized. At base
+width 64 the network has 4,837,249 trainable parameters. It returns logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import FLOAT, ActivationQuantizer, QuantConv2d, QuantFormat, TernaryTanh, make_activation
+
+
+class Block(nn.Sequential):
+    """Two [conv -> activation -> BatchNorm -> (Dropout2d) -> activation quantizer] stages."""
+
+    def __init__(self, cin: int, cout: int, weights: QuantFormat, acts: QuantFormat, activation: str,
+                 dropout: bool):
+        layers = OrderedDict()
+        for k, c in ((1, cin), (2, cout)):
+            layers[f"conv{k}"] = QuantConv2d(c, cout, weights)
+            layers[f"act{k}"] = make_activation(activation)
+            layers[f"bn{k}"] = nn.BatchNorm2d(cout, momentum=0.1)
+            if dropout:
+                # before the quantizer, so that the 1/(1-p) rescaling does not push values off the grid
+                layers[f"drop{k}"] = nn.Dropout2d(0.4)
+            layers[f"quant{k}"] = ActivationQuantizer(acts)
+        super().__init__(layers)
+
+
+class UNet(nn.Module):
+    """The quantized U-Net. ``weights`` / ``acts`` are the formats of the 12 quantized convs and of
+    every activation quantizer; ``base_width`` scales all widths (64 = the paper)."""
+
+    def __init__(self, weights: QuantFormat = FLOAT, acts: QuantFormat = FLOAT, activation: str = "relu",
+                 dropout: bool = False, base_width: int = 64, init_type: str = "uniform"):
+        super().__init__()
+        w1, w2, w4 = base_width, 2 * base_width, 4 * base_width
+
+        def block(cin, cout, fmt=weights):
+            return Block(cin, cout, fmt, acts, activation, dropout)
+
+        self.enc1 = block(1, w1, FLOAT)          # first block: float convs, quantized activations
+        self.enc2 = block(w1, w2)
+        self.enc3 = block(w2, w4)
+        self.bottom = block(w4, w4)
+        self.dec3 = block(w4 + w4, w4)
+        self.dec2 = block(w4 + w2, w2)
+        self.dec1 = block(w2 + w1, w1)
+        self.head = nn.Conv2d(w1, 1, kernel_size=3, padding=1)
+        self.weight_format, self.activation_format = weights, acts
+        self._init_quantized(init_type)
+
+    def quantized_convs(self) -> list[tuple[str, QuantConv2d]]:
+        """The 12 convs whose weights are quantized (named as in the state dict)."""
+        return [(n, m) for n, m in self.named_modules()
+                if isinstance(m, QuantConv2d) and not n.startswith("enc1.")]
+
+    def _init_quantized(self, init_type: str) -> None:
+        """U(-1, 1) weights and zero bias on the quantizable convs (what the original did), or the
+        Glorot variant U(+-sqrt(1.5 / (fan_in + fan_out))); the float convs keep PyTorch's default."""
+        for _, conv in self.quantized_convs():
+            if init_type == "glorot":
+                fan_in = conv.in_channels * 9
+                fan_out = conv.out_channels * 9
+                bound = math.sqrt(1.5 / (fan_in + fan_out))
+            elif init_type == "uniform":
+                bound = 1.0
+            else:
+                raise ValueError(f"init_type must be uniform or glorot, got {init_type!r}")
+            nn.init.uniform_(conv.weight, -bound, bound)
+            nn.init.zeros_(conv.bias)
+
+    def set_ternary_beta(self, beta: float) -> None:
+        """Set beta of every ternaryTanh (the engine follows linspace(3, 8, num_epochs))."""
+        for m in self.modules():
+            if isinstance(m, TernaryTanh):
+                m.beta.fill_(float(beta))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected input of shape (batch, 1, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % 8 or w % 8:
+            raise ValueError(f"input height and width must be divisible by 8 (the U-Net pools 3 times), "
+                             f"got {h}x{w}")
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        b = self.bottom(F.max_pool2d(e3, 2))
+        d3 = self.dec3(torch.cat([_up(b), e3], dim=1))
+        d2 = self.dec2(torch.cat([_up(d3), e2], dim=1))
+        d1 = self.dec1(torch.cat([_up(d2), e1], dim=1))
+        return self.head(d1)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+MODEL_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width", "activation_f_width",
+              "fixed_mode", "activation", "dropout", "init_type", "base_width")
+
+
+def model_options(config: Any) -> dict:
+    """The model keys of a config (a :class:`unetq.config.Config` or a plain mapping of YAML keys),
+    validated and with missing keys at their documented defaults."""
+    from .config import COMMON_FIELDS, ConfigError
+
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    fields = {f.name: f for f in COMMON_FIELDS}
+    opts = {}
+    for key in MODEL_KEYS:
+        value = raw.get(key, fields[key].default)
+        try:
+            opts[key] = fields[key].parse(value)
+        except ValueError as err:
+            raise ConfigError(f"model key {key!r}: {value!r} {err}; allowed: {fields[key].allowed()}") from None
+    return opts
+
+
+def formats(opts: Mapping[str, Any]) -> tuple[QuantFormat, QuantFormat]:
+    """(weight format, activation format) for validated model options."""
+    kind, mode = opts["quantization"], opts["fixed_mode"]
+    weights = QuantFormat(kind, opts["weight_i_width"], opts["weight_f_width"], mode)
+    acts = QuantFormat(kind, opts["activation_i_width"], opts["activation_f_width"], mode)
+    return weights, acts
+
+
+def build_model(config: Any) -> UNet:
+    """The U-Net for a config (a Config or a dict of the YAML keys: quantization, the four widths,
+    fixed_mode, activation, dropout, init_type, base_width; missing keys take their defaults)."""
+    opts = model_options(config)
+    weights, acts = formats(opts)
+    return UNet(weights, acts, activation=opts["activation"], dropout=opts["dropout"],
+                base_width=opts["base_width"], init_type=opts["init_type"])

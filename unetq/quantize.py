@@ -1,0 +1,203 @@
+"""The quantizers of the paper, as autograd functions with straight-through gradients.
+
+Public entry points (stable; tools outside the package call them):
+
+    fixed_point(x, i_bits, f_bits, mode="paper")   Qi.f fixed point, modes paper | saturating | pow2
+    int_quant(x, bits)                             the original INT quantizer (not rescaled back)
+    binary(x)                                      sign(x), hard-tanh straight-through gradient
+    ternary(w)                                     TWN ternary weights, per output filter
+
+Every function takes a torch tensor of any float dtype on any device and returns a tensor of the
+same shape, dtype and device. None of them syncs with the host (no ``.item()``, no data-dependent
+Python branches), and each forward allocates only the temporaries its math needs.
+
+The math is METHOD.md sections 1-2. In short, for the default ``paper`` mode (Eq. 1-4):
+
+    a = |x|,  x_i = floor(a),  x_f = a - x_i
+    RC(v, n) = round(clamp(v, 0, 2^n - 1) * 2^n) / 2^n          (round half to even)
+    Q(x; i, f) = sign(x) * (RC(x_i, i) + RC(x_f, f))
+
+Because the integer part is an integer, RC(x_i, i) is simply min(x_i, 2^i - 1); and the fraction
+is below 1 <= 2^f - 1 whenever f >= 1, so RC(x_f, f) is round(x_f * 2^f) / 2^f (which may round up
+to exactly 1.0: the paper's carry is not re-saturated), and 0 when f = 0. The code below uses these
+simplifications; the tests compare it against a literal transcription of Eq. 1-4.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FIXED_MODES = ("paper", "saturating", "pow2")
+
+
+# --------------------------------------------------------------------------------------------
+# Forward maths (no autograd). Each returns a new tensor; temporaries are updated in place.
+# --------------------------------------------------------------------------------------------
+
+def _paper_forward(x: torch.Tensor, i_bits: int, f_bits: int) -> torch.Tensor:
+    """Eq. 1-4 on signed parts: sign(x) min(floor|x|, 2^i - 1) = clamp(trunc(x), +-(2^i - 1)) and
+    sign(x) round(frac|x| 2^f) / 2^f = round(frac(x) 2^f) / 2^f (round half to even is odd-symmetric),
+    so no abs/copysign passes are needed. frac and trunc are exact in floating point."""
+    if f_bits > 0:
+        scale = float(2 ** f_bits)
+        q = torch.frac(x).mul_(scale).round_().mul_(1.0 / scale)
+        if i_bits > 0:
+            q.add_(torch.trunc(x).clamp_(-float(2 ** i_bits - 1), float(2 ** i_bits - 1)))
+        return q
+    if i_bits > 0:
+        return torch.trunc(x).clamp_(-float(2 ** i_bits - 1), float(2 ** i_bits - 1))
+    return torch.zeros_like(x)                   # Q0.0 keeps nothing
+
+
+def _saturating_forward(x: torch.Tensor, i_bits: int, f_bits: int) -> torch.Tensor:
+    """sign(x) * min(round(|x| 2^f), 2^(i+f) - 1) / 2^f; round-half-even is odd-symmetric, so
+    rounding x * 2^f directly and clamping both sides gives the same values in fewer passes."""
+    scale = float(2 ** f_bits)
+    top = float(2 ** (i_bits + f_bits) - 1)
+    return (x * scale).round_().clamp_(-top, top).mul_(1.0 / scale)
+
+
+def pow2_limit(i_bits: int, f_bits: int) -> float:
+    """The clamp M of pow2 mode: [i>0] 2^(i-1) + [f>0] (1 - 2^-f)."""
+    m = 0.0
+    if i_bits > 0:
+        m += 2.0 ** (i_bits - 1)
+    if f_bits > 0:
+        m += 1.0 - 2.0 ** (-f_bits)
+    return m
+
+
+def _pow2_forward(x: torch.Tensor, i_bits: int, f_bits: int) -> torch.Tensor:
+    """Signed nearest power of two, 2^round(log2|x|) (0 stays 0: log2 0 = -inf, 2^-inf = 0),
+    clamped to +-M. This is what the authors' EM code really ran."""
+    m = pow2_limit(i_bits, f_bits)
+    p = torch.exp2(x.abs().log2_().round_())
+    return p.copysign_(x).clamp_(-m, m)
+
+
+_FIXED_FORWARD = {"paper": _paper_forward, "saturating": _saturating_forward, "pow2": _pow2_forward}
+
+
+def _int_forward(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """floor(2^n (v - min) / (max - min)) - 2^(n-1) over the whole tensor, not rescaled back.
+
+    A constant tensor (max == min) has no scale: every element maps to -2^(n-1), the limit of the
+    formula as its numerator (v - min) is 0. Written without a host sync: the scale is chosen by
+    ``torch.where`` on the device.
+    """
+    lo, hi = torch.aminmax(x.detach())
+    span = hi - lo
+    scale = torch.where(span > 0, float(2 ** bits) / span, torch.zeros_like(span))
+    return (x - lo).mul_(scale).floor_().sub_(float(2 ** (bits - 1)))
+
+
+def _binary_forward(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x)
+
+
+def _ternary_forward(w: torch.Tensor) -> torch.Tensor:
+    """TWN (Li & Liu 2016), one (delta, alpha) per output filter (dim 0):
+    delta_o = 0.7 mean|W_o|, alpha_o = mean of |W_o| where |W_o| > delta_o,
+    W_t = alpha_o sign(W) [|W| > delta_o]. A filter with no entry above delta (all zeros) gets 0."""
+    a = w.abs()
+    dims = tuple(range(1, w.dim())) if w.dim() > 1 else (0,)
+    delta = a.mean(dim=dims, keepdim=True).mul_(0.7)
+    keep = a > delta
+    kept = a * keep
+    count = keep.sum(dim=dims, keepdim=True).clamp_(min=1)
+    alpha = kept.sum(dim=dims, keepdim=True).div_(count)
+    return torch.sign(w).mul_(keep).mul_(alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd wrappers: straight-through estimators.
+# --------------------------------------------------------------------------------------------
+
+class _FixedPointSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, i_bits, f_bits, mode):
+        return _FIXED_FORWARD[mode](x, i_bits, f_bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None            # identity: no tensor saved, nothing allocated
+
+
+class _IntSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bits):
+        return _int_forward(x, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _BinarySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _binary_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1)             # hard-tanh straight-through estimator
+
+
+class _TernarySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w):
+        return _ternary_forward(w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _check_bits(name: str, value: int, low: int = 0, high: int = 23) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def fixed_point(x: torch.Tensor, i_bits: int, f_bits: int, mode: str = "paper") -> torch.Tensor:
+    """Quantize ``x`` to the fixed-point format Qi.f (``i_bits`` integer, ``f_bits`` fraction bits).
+
+    Modes (METHOD.md section 1):
+      * ``paper``: the paper's Eq. 1-4 bit for bit: integer part truncated toward zero and
+        saturated at 2^i - 1 (with i = 0 it wraps: Q0.4(1.3) = 0.3125), fraction rounded to
+        2^-f (half to even) and allowed to carry up to 1.0. Needs 1 + i + f bits (sign-magnitude).
+      * ``saturating``: round to nearest on the 2^-f grid, saturate at +-(2^(i+f) - 1) / 2^f.
+      * ``pow2``: signed nearest power of two, clamped to +-M (see :func:`pow2_limit`).
+
+    Gradient: straight-through (identity).
+    """
+    _check_bits("i_bits", i_bits)
+    _check_bits("f_bits", f_bits)
+    if i_bits + f_bits > 23:
+        # float32 has a 24-bit significand: beyond that Qi.f values stop being exact.
+        raise ValueError(f"i_bits + f_bits must be <= 23 to stay exact in float32, got {i_bits + f_bits}")
+    if mode not in _FIXED_FORWARD:
+        raise ValueError(f"fixed-point mode must be one of {', '.join(FIXED_MODES)}, got {mode!r}")
+    return _FixedPointSTE.apply(x, i_bits, f_bits, mode)
+
+
+def int_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The original INT quantizer: floor(2^n (x - min x) / (max x - min x)) - 2^(n-1), with min and
+    max over the whole tensor, NOT rescaled back (outputs are integers in [-2^(n-1), 2^(n-1)]).
+
+    A constant tensor maps to -2^(n-1) everywhere (no NaN). Gradient: straight-through (identity).
+    """
+    _check_bits("bits", bits, low=1)
+    return _IntSTE.apply(x, bits)
+
+
+def binary(x: torch.Tensor) -> torch.Tensor:
+    """BNN quantizer: sign(x) with sign(0) = 0. Gradient: hard-tanh STE, g * [|x| <= 1]."""
+    return _BinarySTE.apply(x)
+
+
+def ternary(w: torch.Tensor) -> torch.Tensor:
+    """TWN ternary weights alpha_o * {-1, 0, +1} with per-output-filter threshold and scale
+    (dim 0 indexes the filters). Gradient: straight-through (identity)."""
+    return _TernarySTE.apply(w)
