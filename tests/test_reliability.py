@@ -1,0 +1,169 @@
+"""Reliability: interrupted runs resume, checkpoints survive a kill, non-finite values stop the run
+without harming the last good checkpoint, untrusted files are refused, runs repeat exactly."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from unetq import checkpoint
+from unetq.cli import run_script
+from unetq.paths import PROJECT_ROOT, base_module
+
+EM = base_module("EM_BASE")
+TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,
+        "batch_size": 2, "val_batch_size": 2, "quantization": "FIXED", "activation_i_width": 4,
+        "activation_f_width": 4, "weight_f_width": 4, "overlay_every": 0, "experiment_name": "r",
+        "lr_schedule": "constant"}
+
+
+def write(folder, section):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({"UNET": section}))
+    return path
+
+
+def run(folder, section, capsys=None):
+    code = run_script("em", EM, {}, ["-f", str(write(folder, section)), "-q"])
+    err = capsys.readouterr().err if capsys else ""
+    return code, err
+
+
+def metrics_without_time(path):
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(fh)]
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    for name in ("one", "two"):
+        assert run(tmp_path / name, {**TINY, "dropout": True})[0] == 0
+    one, two = (metrics_without_time(tmp_path / n / "runs/r/metrics.csv") for n in ("one", "two"))
+    assert one == two and len(one) == 2
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path):
+    section = {**TINY, "num_epochs": 40, "phantom_images": 12}
+    path = write(tmp_path, section)
+    script = PROJECT_ROOT / "EM_BASE" / "em_unet.py"
+    proc = subprocess.Popen([sys.executable, str(script), "-f", str(path), "-q"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    summary = tmp_path / "runs/r/summary.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if summary.exists() and json.loads(summary.read_text()).get("epochs_done", 0) >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "SIGTERM" in err and "operation_mode: resume" in err
+    state = json.loads(summary.read_text())
+    assert state["status"] == "interrupted"
+    done = checkpoint.load(tmp_path / "runs/r/last.pt")["epoch"]
+    assert done >= 1
+    # resume to one more epoch than was completed
+    code, _ = run(tmp_path, {**section, "operation_mode": "resume", "num_epochs": done + 1})
+    assert code == 0
+    assert checkpoint.load(tmp_path / "runs/r/last.pt")["epoch"] == done + 1
+    epochs = [int(r["epoch"]) for r in metrics_without_time(tmp_path / "runs/r/metrics.csv")]
+    assert epochs == list(range(1, done + 2))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, target)
+
+    def broken_save(obj, fh):
+        fh.write(b"partial garbage")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save({"model": {"w": torch.zeros(3)}}, target)
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.load(target)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]        # no temporary file left behind
+
+
+def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    target = tmp_path / "last.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, target)
+    code = ("import torch, sys; from unetq import checkpoint\n"
+            "big = {'model': {f'w{i}': torch.randn(1_000_000) for i in range(40)}}\n"
+            "print('go', flush=True)\n"
+            f"checkpoint.save(big, {str(target)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "go"
+    time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    loaded = checkpoint.load(target)         # the old one or, if the write finished, the new one
+    assert "w" in loaded["model"] or "w0" in loaded["model"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import unetq.engine as engine
+
+    real = engine.build_loss
+
+    def poisoned(name, legacy=False):
+        loss = real(name, legacy)
+        calls = {"n": 0}
+
+        def wrapped(logits, target):
+            calls["n"] += 1
+            value = loss(logits, target)
+            return value * float("nan") if calls["n"] == 5 else value    # 2 train + 1 val call per epoch: epoch 2, batch 2
+        return wrapped
+
+    monkeypatch.setattr(engine, "build_loss", poisoned)
+    code, err = run(tmp_path, {**TINY, "num_epochs": 3}, capsys)
+    assert code == 2
+    assert "epoch 2" in err and "non-finite training loss at batch 2" in err and "Traceback" not in err
+    last = checkpoint.load(tmp_path / "runs/r/last.pt")
+    assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert json.loads((tmp_path / "runs/r/summary.json").read_text())["status"] == "failed"
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_a_checkpoint_carrying_code_is_refused(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, evil)
+    code, err = run(tmp_path / "exp", {**TINY, "operation_mode": "inference", "trained_model": str(evil)}, capsys)
+    assert code == 2 and "refused" in err and "could run code" in err
+    assert not (tmp_path / "exp" / "pwned.txt").exists() and not (tmp_path / "pwned.txt").exists()
+    assert not (tmp_path / "exp" / "runs").exists()
+
+
+def test_a_checkpoint_of_another_architecture_says_what_differs(tmp_path, capsys):
+    assert run(tmp_path / "w4", TINY)[0] == 0
+    code, err = run(tmp_path / "w8", {**TINY, "base_width": 8, "operation_mode": "inference",
+                                      "trained_model": str(tmp_path / "w4/runs/r/best.pt")}, capsys)
+    assert code == 2 and "does not fit this model" in err and "base_width: checkpoint 4, config 8" in err
+    assert not (tmp_path / "w8" / "runs").exists()
+
+
+def test_unwritable_output_or_full_disk_fails_before_training(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = run(tmp_path / "a", {**TINY, "log_output_dir": str(blocker / "runs")}, capsys)
+    assert code == 2 and "is a file" in err
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2**20, 2**20))
+    code, err = run(tmp_path / "b", TINY, capsys)
+    assert code == 2 and "only 1 MB free" in err
+    assert not (tmp_path / "b" / "runs").exists()
