@@ -38,9 +38,12 @@ def edit_yaml_text(text: str, edits: Mapping[str, object], section: str = "UNET"
         for i in range(start + 1, end):
             match = pattern.match(lines[i])
             if match:
-                comment = match.group(3) or ""
-                padded = rendered.ljust(len(match.group(2))) if comment else rendered   # keep comments aligned
-                lines[i] = f"{match.group(1)}{key}: {padded}{comment}"
+                head = f"{match.group(1)}{key}: {rendered}"
+                comment = (match.group(3) or "").lstrip()
+                if comment:      # keep the comment in its column (at least one space after the value)
+                    column = len(lines[i]) - len(comment)
+                    head = head.ljust(column - 1) + " "
+                lines[i] = head + comment
                 break
         else:
             lines.insert(end, f"  {key}: {rendered}")

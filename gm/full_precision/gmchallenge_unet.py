@@ -1,0 +1,1 @@
+../../GM_BASE/gmchallenge_unet.py
