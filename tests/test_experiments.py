@@ -11,7 +11,8 @@ from unetq.newexp import create, edit_yaml_text
 from unetq.paths import PROJECT_ROOT, base_module
 
 # (experiments folder, its BASE, the entry script, the dataset key)
-SUITES = [("em", "EM_BASE", "em_unet.py", "em")]
+SUITES = [("em", "EM_BASE", "em_unet.py", "em"), ("gm", "GM_BASE", "gmchallenge_unet.py", "gm"),
+          ("nih", "NIH_BASE", "nih_unet.py", "nih")]
 FOLDERS = [(suite, folder) for suite in SUITES for folder in sorted((PROJECT_ROOT / suite[0]).iterdir())
            if folder.is_dir() and not folder.name.startswith(".")]
 
@@ -22,8 +23,10 @@ def test_shipped_experiment_is_valid_and_linked(suite, folder):
     module = base_module(base)
     cfg = load(folder / "config.yaml", "UNET", extra_fields=module.FIELDS, dataset=dataset)
     assert cfg.experiment_name == folder.name
-    assert {p.name for p in folder.iterdir() if not p.name == "runs"} == {"config.yaml", script, "datasets.py"}
-    for link in (script, "datasets.py"):
+    modules = {p.name for p in (PROJECT_ROOT / base).glob("*.py")}     # a BASE may split its code (NIH)
+    assert {script, "datasets.py"} <= modules
+    assert {p.name for p in folder.iterdir() if not p.name == "runs"} == {"config.yaml"} | modules
+    for link in sorted(modules):
         path = folder / link
         assert path.is_symlink() and not os.path.isabs(os.readlink(path))       # relative: survives a clone
         assert path.resolve() == (PROJECT_ROOT / base / link).resolve()

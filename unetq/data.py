@@ -123,3 +123,12 @@ def center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         h, w = array.shape[-2:]
     top, left = (h - th) // 2, (w - tw) // 2
     return array[..., top:top + th, left:left + tw]
+
+
+def window(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Intensity window: clip to [low, high] and scale linearly to [0, 1] (float32), e.g. a CT
+    window in Hounsfield units (-100..240 for the pancreas)."""
+    if not high > low:
+        raise DataError(f"intensity window {low}..{high}: the upper bound must exceed the lower one")
+    clipped = np.clip(np.asarray(array, dtype=np.float32), low, high)
+    return ((clipped - np.float32(low)) / np.float32(high - low)).astype(np.float32)

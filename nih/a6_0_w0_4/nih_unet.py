@@ -1,0 +1,1 @@
+../../NIH_BASE/nih_unet.py

@@ -1,0 +1,1 @@
+../../NIH_BASE/pancreas_ct.py
