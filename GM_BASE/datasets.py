@@ -185,8 +185,13 @@ def read_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
     path = Path(path)
     try:
         img = nib.load(str(path))
+        kind = img.get_data_dtype()
+        if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating) or kind == np.bool_):
+            raise DataError(f"{path}: voxel type {kind} is not a real number type (expected integers or floats)")
         data = np.asarray(img.get_fdata(dtype=np.float32))
         zooms = tuple(float(z) for z in img.header.get_zooms())
+    except DataError:
+        raise
     except Exception as err:  # nibabel raises many types (OSError, EOFError, zlib.error, ImageFileError ...)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: unreadable NIfTI file ({reason})") from None

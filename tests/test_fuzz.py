@@ -137,3 +137,101 @@ def test_malformed_data_files(tmp_path, capsys, corrupt):
                       capsys)
     assert_clean_refusal(tmp_path, code, err)
     assert str(data) in err                              # the message names the file or folder
+
+
+# ---------------------------------------------------------------- GM and NIH volumes (NIfTI)
+
+GM = base_module("GM_BASE")
+NIH = base_module("NIH_BASE")
+
+
+def nifti(path, array):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4)), str(path))
+
+
+def gm_zero_bytes(root):
+    (root / "site1-sc01-image.nii.gz").write_bytes(b"")
+
+
+def gm_truncated(root):
+    path = root / "site1-sc02-mask-r1.nii.gz"
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def gm_four_d(root):
+    nifti(root / "site1-sc03-image.nii.gz", np.zeros((20, 20, 2, 3), np.float32))
+
+
+def gm_three_channel_mask(root):
+    nifti(root / "site1-sc04-mask-r1.nii.gz", np.zeros((20, 20, 2, 3), np.uint8))
+
+
+def gm_complex_dtype(root):
+    nifti(root / "site1-sc05-image.nii.gz", np.zeros((100, 100, 2), np.complex64))
+
+
+def gm_mask_without_image(root):
+    (root / "site1-sc06-image.nii.gz").unlink()
+
+
+def gm_shape_mismatch(root):
+    nifti(root / "site1-sc09-mask-r2.nii.gz", np.zeros((7, 9, 2), np.uint8))
+
+
+@pytest.mark.parametrize("corrupt", [gm_zero_bytes, gm_truncated, gm_four_d, gm_three_channel_mask, gm_complex_dtype,
+                                     gm_mask_without_image, gm_shape_mismatch])
+def test_malformed_gm_volumes(tmp_path, capsys, corrupt):
+    data = tmp_path.parent / f"{tmp_path.name}_gm"
+    GM.write_phantom(data, seed=0, subjects=10, slices=2, sites=[1])
+    corrupt(data)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"UNET": {"dataset": "gm", "num_epochs": 1, "base_width": 4, "sites": "1",
+                                             "data_source": "real", "data_path": str(data)}}))
+    code = run_script("gm", GM, {}, ["-f", str(path), "-q"])
+    err = capsys.readouterr().err
+    assert_clean_refusal(tmp_path, code, err)
+    assert str(data) in err
+
+
+def nih_zero_bytes_label(root, n):
+    (root / f"label{n:04d}.nii.gz").write_bytes(b"")
+
+
+def nih_truncated_image(root, n):
+    path = root / f"PANCREAS_{n:04d}.nii.gz"
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def nih_empty_label(root, n):
+    from nih_cases import toy_volume, write_nifti
+
+    write_nifti(root / f"label{n:04d}.nii.gz", np.zeros_like(toy_volume()[1]), dtype=np.uint8)
+
+
+def nih_label_without_image(root, n):
+    (root / f"PANCREAS_{n:04d}.nii.gz").unlink()
+
+
+@pytest.mark.parametrize("corrupt", [nih_zero_bytes_label, nih_truncated_image, nih_empty_label,
+                                     nih_label_without_image])
+def test_malformed_nih_cases(tmp_path, capsys, corrupt):
+    """Every case broken the same way: nothing usable is left, and the message says why."""
+    from nih_cases import toy_volume, write_nifti
+
+    data = tmp_path.parent / f"{tmp_path.name}_nih"
+    data.mkdir()
+    for n in (1, 2, 3):
+        hu, label = toy_volume(seed=n)
+        write_nifti(data / f"PANCREAS_{n:04d}.nii.gz", hu)
+        write_nifti(data / f"label{n:04d}.nii.gz", label, dtype=np.uint8)
+        corrupt(data, n)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"UNET": {"dataset": "nih", "num_epochs": 1, "base_width": 4,
+                                             "data_source": "real", "data_path": str(data)}}))
+    code = run_script("nih", NIH, {}, ["-f", str(path), "-q"])
+    err = capsys.readouterr().err
+    assert_clean_refusal(tmp_path, code, err)
+    if corrupt is not nih_label_without_image:
+        assert str(data / "label0001.nii.gz") in err or str(data / "PANCREAS_0001.nii.gz") in err

@@ -9,7 +9,12 @@ config asks for. Errors the user can fix print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
+import shutil
+import signal
+import threading
 import platform
 import sys
 import time
@@ -53,6 +58,9 @@ def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[s
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:      # e.g. a data file that exists but cannot be read
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
@@ -67,26 +75,93 @@ def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
         notes += checkpoint.load_into(model, ckpt["model"], _ckpt_path(cfg, run_dir), ckpt["config"], cfg.to_dict())
     model.to(device)
     data = None if mode == "visualize" else base.build_datasets(cfg)
+    check_writable(run_dir, needed_bytes=_space_needed(model, mode))
     # Everything is validated: only now is anything written.
     folder = _output_folder(cfg, run_dir, notes)
     log = RunLog(folder, echo=echo)
     run = Run(cfg, model, device, data, log)
     _header(run, notes)
     try:
-        result = _dispatch(run, ckpt)
-    except (TrainingError, KeyboardInterrupt) as err:
-        interrupted = isinstance(err, KeyboardInterrupt)
-        status = "interrupted" if interrupted else "failed"
-        reason = "interrupted by the user" if interrupted else str(err)
-        log.update_summary(status=status, error=reason, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-        log.line(f"{status}: {reason}. Outputs so far are in {folder}"
-                 + ("; continue with operation_mode: resume" if mode in ("normal", "retrain", "resume") else ""))
-        if interrupted:
-            return 130
-        raise
+        with interrupts_from_signals():
+            result = _dispatch(run, ckpt)
+    except (TrainingError, KeyboardInterrupt, OSError) as err:
+        return _stopped(run, err)
     log.update_summary(status="complete", finished=time.strftime("%Y-%m-%d %H:%M:%S"), **result)
     log.line(f"done: outputs in {folder}")
     return 0
+
+
+def _stopped(run: Run, err: BaseException) -> int:
+    """Record why a run stopped early and say how to go on; the last good checkpoint stays."""
+    log, mode = run.log, run.cfg.operation_mode
+    interrupted = isinstance(err, KeyboardInterrupt)
+    if interrupted:
+        reason = f"interrupted ({err})" if str(err) else "interrupted by the user (Ctrl-C)"
+    elif isinstance(err, OSError):
+        reason = f"cannot write {err.filename or 'an output file'}: {err.strerror or err}"
+    else:
+        reason = str(err)
+    done = log.summary.get("epochs_done")
+    how = ""
+    if mode in ("normal", "retrain", "resume"):
+        how = (f"; last.pt holds epoch {done}: continue with operation_mode: resume" if done
+               else "; no epoch was completed, so there is nothing to resume")
+    try:
+        log.update_summary(status="interrupted" if interrupted else "failed", error=reason,
+                           finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        log.line(f"stopped: {reason}. Outputs so far are in {log.folder}{how}")
+    except OSError:   # the disk may be the problem: the message still reaches the terminal
+        pass
+    print(f"error: {reason}{how}", file=sys.stderr)
+    return 130 if interrupted else 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM (e.g. from a job scheduler)."""
+
+
+@contextlib.contextmanager
+def interrupts_from_signals():
+    """Turn SIGTERM into an :class:`Interrupted` exception for the duration, so that a scheduler's
+    stop is handled like Ctrl-C: the epoch in progress is abandoned and last.pt stays resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _space_needed(model: torch.nn.Module, mode: str) -> int:
+    """A generous estimate of the disk a run needs: best + last checkpoints (weights, and Adam's two
+    moments in last.pt) plus logs and figures."""
+    params = sum(p.numel() for p in model.parameters())
+    checkpoints = 0 if mode in ("inference", "visualize") else params * 4 * 4
+    return checkpoints + 50 * 2**20
+
+
+def check_writable(folder: Path, needed_bytes: int = 0) -> None:
+    """Fail early, before training, when the output folder cannot be created or written, or the
+    disk lacks room for the run's checkpoints."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"{folder}: cannot create the output folder ({existing} is a file); "
+                              f"set log_output_dir to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{folder}: cannot write outputs here ({existing} is not writable); "
+                              f"set log_output_dir to a writable folder")
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise CheckpointError(f"{folder}: only {free / 2**20:.0f} MB free on the disk; this run needs about "
+                              f"{needed_bytes / 2**20:.0f} MB (checkpoints, logs, figures)")
 
 
 def _ckpt_path(cfg: Config, run_dir: Path) -> Path:

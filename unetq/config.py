@@ -178,6 +178,10 @@ COMMON_FIELDS: tuple[Field, ...] = (
           nullable=True),
     Field("num_workers", "int", 0, "DataLoader worker processes", low=0, high=256),
     Field("device", "str", "auto", "auto | cpu | cuda | cuda:N"),
+    Field("amp", "choice", "off",
+          "mixed precision: off (float32) | bf16 | fp16 (autocast; fp16 adds a gradient scaler). Qi.f stays exact "
+          "only if it fits the type (bf16: 8 significant bits, fp16: 11), e.g. Q6.0 and Q0.4 but not Q8.8",
+          choices=("off", "bf16", "fp16")),
     Field("overlay_every", "int", 10, "write prediction overlays every N epochs (0: only at the end)",
           low=0, high=100000),
 )
@@ -318,6 +322,24 @@ def parse_overrides(items: Iterable[str], source: str = "-o") -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:              # unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> Any:
     """Read a YAML file with the safe loader; any failure becomes one-line ConfigError."""
     try:
@@ -329,7 +351,7 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); a config must be a YAML text file") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -74,10 +74,31 @@ class QuantConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, fmt: QuantFormat = FLOAT, **kwargs):
         super().__init__(in_channels, out_channels, kernel_size=3, padding=1, **kwargs)
         self.fmt = fmt
+        self._cache = None                       # (key, quantized weight, alias of the float weight)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weights as the convolution uses them."""
-        return self.fmt.quantize_weight(self.weight)
+        """The weights as the convolution uses them.
+
+        Without autograd (evaluation, inference) the quantized weights are computed once and reused
+        while the float weight is unchanged: the cache is keyed on the weight's version counter
+        (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_`` under
+        ``no_grad``), its address, shape, dtype and device, and the format. It holds an alias of the
+        float weight so that the old storage stays alive and its address cannot be reused by a
+        replacement. (Like autograd itself, it cannot see writes through ``weight.data``.)
+        """
+        w = self.weight
+        if self.fmt.kind == "normal" or torch.is_grad_enabled() or w.is_inference():
+            return self.fmt.quantize_weight(w)
+        key = (w._version, w.data_ptr(), w.shape, w.dtype, w.device, self.fmt)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.fmt.quantize_weight(w), w.detach())
+        return self._cache[1]
+
+    def train(self, mode: bool = True):
+        """Switching to training drops the cached quantized weights (they are rebuilt at eval)."""
+        if mode:
+            self._cache = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.quantized_weight(), self.bias, self.stride, self.padding)
