@@ -106,10 +106,10 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, mon
     assert run(tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, config) == 0
     real = engine.train_epoch
 
-    def interrupt_at_epoch_3(model, loader, loss_fn, optimizer, device, desc="train"):
+    def interrupt_at_epoch_3(model, loader, loss_fn, optimizer, device, desc="train", *rest):
         if desc == "epoch 3":
             raise KeyboardInterrupt
-        return real(model, loader, loss_fn, optimizer, device, desc)
+        return real(model, loader, loss_fn, optimizer, device, desc, *rest)
 
     (tmp_path / "b").mkdir()
     monkeypatch.setattr(engine, "train_epoch", interrupt_at_epoch_3)

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import torch
 import yaml
 
-from . import __version__, checkpoint, engine
+from . import __version__, checkpoint, distributed, engine
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load, parse_overrides
 from .data import DataError
@@ -65,6 +65,19 @@ def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[s
 
 def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
     device, notice = engine.select_device(cfg)
+    world = distributed.setup(use_cuda=device.type == "cuda")
+    try:
+        return _run_in(cfg, base, echo, device, notice, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _run_in(cfg: Config, base: ModuleType, echo: bool, device: torch.device, notice: str | None,
+            world: distributed.World) -> int:
+    if world.active:
+        _check_world(cfg, world)
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{world.local_rank}")     # one GPU per process
     engine.seed_everything(cfg.seed)
     run_dir = cfg.path("log_output_dir") / cfg.experiment_name
     mode = cfg.operation_mode
@@ -73,13 +86,18 @@ def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
     notes = [notice] if notice else []
     if ckpt is not None:
         notes += checkpoint.load_into(model, ckpt["model"], _ckpt_path(cfg, run_dir), ckpt["config"], cfg.to_dict())
-    model.to(device)
+    compute = engine.compute_for(cfg.amp, device)
+    model.to(device, memory_format=compute.memory_format)
     data = None if mode == "visualize" else base.build_datasets(cfg)
-    check_writable(run_dir, needed_bytes=_space_needed(model, mode))
-    # Everything is validated: only now is anything written.
-    folder = _output_folder(cfg, run_dir, notes)
-    log = RunLog(folder, echo=echo)
-    run = Run(cfg, model, device, data, log)
+    folder = None
+    if world.is_main:
+        check_writable(run_dir, needed_bytes=_space_needed(model, mode))
+        # Everything is validated: only now is anything written.
+        folder = _output_folder(cfg, run_dir, notes)
+    folder = distributed.share(folder, world)
+    log = RunLog(folder, echo=echo and world.is_main, enabled=world.is_main)
+    net = engine.wrap_for_training(model, world, device, cfg.sync_bn) if mode in TRAINING else model
+    run = Run(cfg, model, device, data, log, compute, world, net)
     _header(run, notes)
     try:
         with interrupts_from_signals():
@@ -89,6 +107,19 @@ def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
     log.update_summary(status="complete", finished=time.strftime("%Y-%m-%d %H:%M:%S"), **result)
     log.line(f"done: outputs in {folder}")
     return 0
+
+
+TRAINING = ("normal", "retrain", "resume")
+
+
+def _check_world(cfg: Config, world: distributed.World) -> None:
+    """Settings that must fit the number of processes torchrun started."""
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"{cfg.source}: key 'batch_size': {cfg.batch_size} cannot be shared evenly by "
+                          f"{world.size} processes (batch_size is the global batch); use a multiple of {world.size}")
+    if cfg.sync_bn and not torch.cuda.is_available():
+        raise ConfigError(f"{cfg.source}: key 'sync_bn': SyncBatchNorm needs CUDA GPUs; set sync_bn: false "
+                          f"for multi-process training on the CPU")
 
 
 def _stopped(run: Run, err: BaseException) -> int:
@@ -103,7 +134,7 @@ def _stopped(run: Run, err: BaseException) -> int:
         reason = str(err)
     done = log.summary.get("epochs_done")
     how = ""
-    if mode in ("normal", "retrain", "resume"):
+    if mode in TRAINING:
         how = (f"; last.pt holds epoch {done}: continue with operation_mode: resume" if done
                else "; no epoch was completed, so there is nothing to resume")
     try:
@@ -112,7 +143,8 @@ def _stopped(run: Run, err: BaseException) -> int:
         log.line(f"stopped: {reason}. Outputs so far are in {log.folder}{how}")
     except OSError:   # the disk may be the problem: the message still reaches the terminal
         pass
-    print(f"error: {reason}{how}", file=sys.stderr)
+    if run.world.is_main:
+        print(f"error: {reason}{how}", file=sys.stderr)
     return 130 if interrupted else 2
 
 
@@ -213,10 +245,10 @@ def _resume(run: Run, ckpt: dict) -> dict:
     if epoch >= run.cfg.num_epochs:
         run.log.line(f"resume: the run already finished its {run.cfg.num_epochs} epochs; nothing to do")
         return {"best_dice": ckpt.get("best_dice"), "best_epoch": ckpt.get("best_epoch")}
-    optimizer = torch.optim.Adam(run.model.parameters(), lr=run.cfg.lr)
+    optimizer = torch.optim.Adam(run.net.parameters(), lr=run.cfg.lr)
     optimizer.load_state_dict(ckpt["optimizer"])
     engine.restore_rng(ckpt.get("rng", {}))
-    history = _trim_metrics(run.log.folder / METRICS_NAME, epoch)
+    history = _trim_metrics(run.log.folder / METRICS_NAME, epoch) if run.world.is_main else []
     run.log.line(f"resume: continuing after epoch {epoch} (best {ckpt['best_dice']:.2f} at epoch {ckpt['best_epoch']})")
     return engine.train(run, start_epoch=epoch + 1, best=(float(ckpt["best_dice"]), int(ckpt["best_epoch"])),
                         optimizer=optimizer, history=history)
@@ -240,8 +272,9 @@ def _header(run: Run, notes: list) -> None:
     wf, af = run.model.weight_format, run.model.activation_format
     params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     log.line(f"=== {cfg.experiment_name} | mode {cfg.operation_mode} | {time.strftime('%Y-%m-%d %H:%M:%S')} ===")
+    procs = f" x {run.world.size} processes (torchrun)" if run.world.active else ""
     log.line(f"unetq {__version__} | torch {torch.__version__} | python {platform.python_version()} | "
-             f"device {run.device} | {Path(sys.argv[0]).name}")
+             f"device {run.device}{procs} | {Path(sys.argv[0]).name}")
     log.line(f"config: {cfg.source} [{cfg.section}]")
     if run.data is not None:
         log.line(f"data ({run.data.source}): {run.data.description}")

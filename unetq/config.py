@@ -182,6 +182,7 @@ COMMON_FIELDS: tuple[Field, ...] = (
           "mixed precision: off (float32) | bf16 | fp16 (autocast; fp16 adds a gradient scaler). Qi.f stays exact "
           "only if it fits the type (bf16: 8 significant bits, fp16: 11), e.g. Q6.0 and Q0.4 but not Q8.8",
           choices=("off", "bf16", "fp16")),
+    Field("sync_bn", "bool", False, "under torchrun: SyncBatchNorm (statistics over the global batch; CUDA only)"),
     Field("overlay_every", "int", 10, "write prediction overlays every N epochs (0: only at the end)",
           low=0, high=100000),
 )

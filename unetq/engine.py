@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, figures
 from .config import Config
 from .data import DataBundle
+from .distributed import SINGLE, EpochShuffle, Shard, World, gather
 from .losses import build_loss
 from .metrics import MetricAggregator, dice
 from .runlog import RunLog
@@ -33,17 +32,6 @@ N_OVERLAYS = 4
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. a non-finite loss); one line, the last good checkpoint is kept."""
-
-
-@dataclass
-class Run:
-    """Everything a mode needs."""
-
-    cfg: Config
-    model: torch.nn.Module
-    device: torch.device
-    data: DataBundle | None
-    log: RunLog
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,23 +60,6 @@ def ternary_beta(cfg: Config, epoch: int) -> float:
     return float(np.linspace(3.0, 8.0, cfg.num_epochs)[epoch - 1])
 
 
-class EpochShuffle(Sampler):
-    """A permutation drawn from (seed, epoch): the data order is repeatable and resumable."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def _seed_worker(worker_id: int) -> None:
     """Seed numpy and python in DataLoader workers from torch's per-worker seed (itself derived from
     the run's seed), for any transform that draws from the global generators."""
@@ -99,9 +70,15 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset, batch_size: int, cfg: Config, device: torch.device, shuffle: bool) -> DataLoader:
-    """DataLoader with the run's worker count; training order from :class:`EpochShuffle`."""
-    sampler = EpochShuffle(len(dataset), cfg.seed) if shuffle else None
+def make_loader(dataset, batch_size: int, cfg: Config, device: torch.device, shuffle: bool,
+                world: World = SINGLE) -> DataLoader:
+    """DataLoader with the run's worker count. Training (``shuffle``): the (seed, epoch) order of
+    :class:`EpochShuffle`, ``batch_size`` being the global batch shared by the ranks; validation:
+    in order, each rank taking its :class:`Shard`."""
+    if shuffle:
+        sampler, batch_size = EpochShuffle(len(dataset), cfg.seed, world), batch_size // world.size
+    else:
+        sampler = Shard(len(dataset), world) if world.active else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=cfg.num_workers, worker_init_fn=_seed_worker,
                       pin_memory=device.type == "cuda", drop_last=False)
@@ -161,17 +138,34 @@ def compute_for(amp: str, device: torch.device) -> Compute:
     return Compute(device.type, dtype, scaler, torch.channels_last if fast_layout else torch.contiguous_format)
 
 
-_COMPUTE: ContextVar[Compute] = ContextVar("unetq_compute", default=Compute())
+@dataclass
+class Run:
+    """Everything a mode needs. ``net`` is what training calls (the DistributedDataParallel wrapper
+    under torchrun, else the model itself); evaluation and checkpoints use ``model``."""
+
+    cfg: Config
+    model: torch.nn.Module
+    device: torch.device
+    data: DataBundle | None
+    log: RunLog
+    compute: Compute = field(default_factory=Compute)
+    world: World = SINGLE
+    net: torch.nn.Module | None = None
+
+    def __post_init__(self):
+        if self.net is None:
+            self.net = self.model
 
 
-@contextmanager
-def computing(compute: Compute):
-    """Within the block, :func:`train_epoch` and :func:`evaluate` compute as ``compute`` says."""
-    token = _COMPUTE.set(compute)
-    try:
-        yield compute
-    finally:
-        _COMPUTE.reset(token)
+def wrap_for_training(model: torch.nn.Module, world: World, device: torch.device, sync_bn: bool) -> torch.nn.Module:
+    """The module training calls: under torchrun a DistributedDataParallel wrapper (with SyncBatchNorm
+    when ``sync_bn``: batch statistics over the global batch instead of each rank's share)."""
+    if not world.active:
+        return model
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def seed_everything(seed: int) -> None:
@@ -204,18 +198,23 @@ def train_step(model, x, y, loss_fn: Callable, optimizer, compute: Compute = Com
     return loss.detach()
 
 
-def train_epoch(model, loader, loss_fn: Callable, optimizer, device, desc: str = "train") -> float:
-    """Train one epoch (computing as the enclosing :func:`computing` block says); returns the mean
-    batch loss. Non-finite losses are detected without a host sync per batch (the flags are checked
-    once, at the end of the epoch)."""
+def train_epoch(model, loader, loss_fn: Callable, optimizer, device, desc: str = "train",
+                compute: Compute | None = None, world: World = SINGLE) -> float:
+    """Train one epoch; returns the mean batch loss (averaged over the ranks). Non-finite losses are
+    detected without a host sync per batch: the per-batch values are checked once, at the end of the
+    epoch, after the ranks have summed them (so every rank sees a NaN of any rank and stops)."""
     model.train()
-    compute = _COMPUTE.get()
+    compute = compute or Compute()
     losses = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if world.is_main else True, unit="batch"):
         x = batch["image"].to(device, non_blocking=True, memory_format=compute.memory_format)
         y = batch["mask"].to(device, non_blocking=True)
         losses.append(train_step(model, x, y, loss_fn, optimizer, compute))
-    values = torch.stack(losses).float().cpu()
+    values = torch.stack(losses).float()
+    if world.active:
+        torch.distributed.all_reduce(values)
+        values /= world.size
+    values = values.cpu()
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):
         raise TrainingError(f"non-finite training loss at batch {int(bad[0]) + 1} of {len(values)}")
@@ -223,16 +222,18 @@ def train_epoch(model, loader, loss_fn: Callable, optimizer, device, desc: str =
 
 
 @torch.inference_mode()
-def evaluate(model, loader, cfg: Config, device, loss_fn: Callable | None = None,
-             keep: tuple[int, ...] = ()) -> tuple[dict, list]:
+def evaluate(model, loader, cfg: Config, device, loss_fn: Callable | None = None, keep: tuple[int, ...] = (),
+             compute: Compute | None = None, world: World = SINGLE) -> tuple[dict, list]:
     """One pass over ``loader`` in eval mode. Returns (metrics, kept) where metrics holds the
     per-slice means (x100) at ``cfg.threshold`` plus ``dice_05`` (Dice at 0.5), ``val_loss`` and the
-    counts, and kept lists (index, image, gt, pred) for the dataset indices in ``keep``."""
+    counts, and kept lists (index, image, gt, pred) for the dataset indices in ``keep``. Under
+    torchrun each rank scores its shard and the per-slice rows are gathered: the result is the same
+    as one process's."""
     model.eval()
-    compute = _COMPUTE.get()
+    compute = compute or Compute()
     agg = MetricAggregator(cfg.hd95_mode)
-    total, count, kept = 0.0, 0, []
-    for batch in tqdm(loader, desc="validate", leave=False, disable=None, unit="batch"):
+    total, count, kept, indices = 0.0, 0, [], []
+    for batch in tqdm(loader, desc="validate", leave=False, disable=None if world.is_main else True, unit="batch"):
         x = batch["image"].to(device, non_blocking=True, memory_format=compute.memory_format)
         y = batch["mask"].to(device, non_blocking=True)
         with compute.autocast():
@@ -249,11 +250,26 @@ def evaluate(model, loader, cfg: Config, device, loss_fn: Callable | None = None
             agg.add(pred, gts[k], None if np.isnan(spacing).any() else spacing,
                     extra={"dice_05": dice(probs[k] >= 0.5, gts[k]) * 100.0})
             index = int(batch["index"][k])
+            indices.append(index)
             if index in keep:
                 kept.append((index, batch["image"][k, 0].numpy(), gts[k], pred))
+    if world.active:
+        agg, total, count, kept = _merge_ranks(gather((indices, agg.per_slice(), total, count, kept), world),
+                                               cfg.hd95_mode)
     metrics = agg.result()
     metrics["val_loss"] = total / count if count else float("nan")
     return metrics, kept
+
+
+def _merge_ranks(parts: list, hd95_mode: str) -> tuple:
+    """Join the ranks' evaluation shards in dataset order into one aggregator (and sums)."""
+    rows = sorted((i, row) for indices, rank_rows, *_ in parts for i, row in zip(indices, rank_rows))
+    agg = MetricAggregator(hd95_mode)
+    agg.extend(row for _, row in rows)
+    total = sum(p[2] for p in parts)
+    count = sum(p[3] for p in parts)
+    kept = [k for p in parts for k in p[4]]
+    return agg, total, count, kept
 
 
 def overlay_indices(n: int) -> tuple[int, ...]:
@@ -279,28 +295,16 @@ def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 
           history: list | None = None) -> dict:
     """Train from ``start_epoch`` to ``cfg.num_epochs`` (normal, retrain and resume modes; resume
     passes the restored optimizer, best score and earlier metric rows). Returns the best epoch."""
-    with _run_compute(run):
-        return _train(run, start_epoch, best, optimizer, history)
-
-
-def _run_compute(run: Run):
-    """The run's :func:`computing` block; the model takes the run's memory format."""
-    compute = compute_for(run.cfg.get("amp", "off"), run.device)
-    run.model.to(memory_format=compute.memory_format)
-    return computing(compute)
-
-
-def _train(run: Run, start_epoch: int, best: tuple[float, int], optimizer, history: list | None) -> dict:
-    cfg, model, log = run.cfg, run.model, run.log
+    cfg, model, log, world = run.cfg, run.model, run.log, run.world
     loss_fn = build_loss(cfg.loss, cfg.legacy_double_sigmoid)
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    train_loader = make_loader(run.data.train, cfg.batch_size, cfg, run.device, shuffle=True)
-    val_loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False)
+    optimizer = optimizer or torch.optim.Adam(run.net.parameters(), lr=cfg.lr)
+    train_loader = make_loader(run.data.train, cfg.batch_size, cfg, run.device, shuffle=True, world=world)
+    val_loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False, world=world)
     keep = overlay_indices(len(run.data.val))
     best_dice, best_epoch = best
     history = list(history or [])
-    epochs = tqdm(range(start_epoch, cfg.num_epochs + 1), desc="epochs", disable=None, unit="epoch",
-                  initial=start_epoch - 1, total=cfg.num_epochs)
+    epochs = tqdm(range(start_epoch, cfg.num_epochs + 1), desc="epochs", disable=None if world.is_main else True,
+                  unit="epoch", initial=start_epoch - 1, total=cfg.num_epochs)
     for epoch in epochs:
         started = time.perf_counter()
         lr = lr_at(cfg, epoch)
@@ -312,10 +316,11 @@ def _train(run: Run, start_epoch: int, best: tuple[float, int], optimizer, histo
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
         try:
-            train_loss = train_epoch(model, train_loader, loss_fn, optimizer, run.device, f"epoch {epoch}")
+            train_loss = train_epoch(run.net, train_loader, loss_fn, optimizer, run.device, f"epoch {epoch}",
+                                     run.compute, world)
         except TrainingError as err:
             raise TrainingError(f"epoch {epoch}: {err}; the last good checkpoint is kept") from None
-        metrics, kept = evaluate(model, val_loader, cfg, run.device, loss_fn, keep)
+        metrics, kept = evaluate(model, val_loader, cfg, run.device, loss_fn, keep, run.compute, world)
         row = {"epoch": epoch, "time_s": time.perf_counter() - started, "lr": lr, "train_loss": train_loss,
                **{k: v for k, v in metrics.items()}, "data_source": run.data.source}
         history.append(row)
@@ -328,6 +333,8 @@ def _train(run: Run, start_epoch: int, best: tuple[float, int], optimizer, histo
                  f"best {best_dice:.2f} (epoch {best_epoch})")
         log.metrics_row(row)
         log.update_summary(epochs_done=epoch, best_dice=best_dice, best_epoch=best_epoch, last=row)
+        if not world.is_main:
+            continue
         figures.plot_curves(history, run.log.folder / "curves.png", title=cfg.experiment_name)
         if epoch == cfg.num_epochs or (cfg.overlay_every and epoch % cfg.overlay_every == 0):
             _overlays(run, kept, run.log.folder / "overlays" / f"epoch_{epoch:03d}.png", f"epoch {epoch}")
@@ -346,6 +353,8 @@ def _save_epoch(run: Run, epoch: int, metrics: dict, best_dice: float, best_epoc
     weights = run.model.state_dict()
     for name, value in weights.items():
         weights[name] = value.contiguous()
+    if not run.world.is_main:
+        return
     base = {"model": weights, "config": run.cfg.to_dict(), "epoch": epoch,
             "metrics": _plain(metrics), "best_dice": float(best_dice), "best_epoch": best_epoch,
             "data_source": run.data.source}
@@ -407,22 +416,25 @@ def infer(run: Run) -> dict:
     the metrics are logged, written (metrics.csv) and drawn as overlays."""
     cfg = run.cfg
     loss_fn = build_loss(cfg.loss, cfg.legacy_double_sigmoid)
-    loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False)
+    loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False, world=run.world)
     started = time.perf_counter()
-    with _run_compute(run):
-        metrics, kept = evaluate(run.model, loader, cfg, run.device, loss_fn, overlay_indices(len(run.data.val)))
+    metrics, kept = evaluate(run.model, loader, cfg, run.device, loss_fn, overlay_indices(len(run.data.val)),
+                             run.compute, run.world)
     row = {"time_s": time.perf_counter() - started, **metrics, "data_source": run.data.source}
     run.log.line(f"inference | {row['time_s']:.1f} s | {metrics['n_slices']} slices | val loss "
                  f"{metrics['val_loss']:.4f} | {format_metrics(metrics)} | hd {metrics['hd']:.2f} | "
                  f"dice (non-empty GT) {metrics['dice_nonempty']:.2f}")
     run.log.metrics_row(row)
-    _overlays(run, kept, run.log.folder / "overlays.png", "inference")
+    if run.world.is_main:
+        _overlays(run, kept, run.log.folder / "overlays.png", "inference")
     return metrics
 
 
 def visualize(run: Run) -> list[Path]:
     """Visualize mode: the distribution of every conv layer's weights, float and quantized."""
     paths = [run.log.folder / "weights.png", run.log.folder / "weights.pdf"]
+    if not run.world.is_main:
+        return paths
     figures.plot_weight_distributions(run.model, paths, title=f"{run.cfg.experiment_name}: conv weights")
     for p in paths:
         run.log.line(f"wrote {p}")

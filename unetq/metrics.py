@@ -280,6 +280,11 @@ class MetricAggregator:
         for i, sp in enumerate(_per_slice_spacings(spacings, p.shape[0])):
             self.add(p[i], g[i], sp)
 
+    def extend(self, rows: Iterable[dict]) -> None:
+        """Add per-slice rows scored elsewhere (as :meth:`per_slice` returns them), e.g. by the other
+        processes of a multi-process run."""
+        self._rows.extend(dict(r) for r in rows)
+
     def per_slice(self) -> list[dict]:
         """The stored per-slice metric dicts, in the order they were added (copies)."""
         return [dict(r) for r in self._rows]

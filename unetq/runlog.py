@@ -59,16 +59,20 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 class RunLog:
-    """Writes the text log (also echoed to the terminal), the metrics CSV and the summary."""
+    """Writes the text log (also echoed to the terminal), the metrics CSV and the summary.
+    A disabled log (the other ranks of a multi-process run) keeps the summary in memory only."""
 
-    def __init__(self, folder: Path, echo: bool = True):
+    def __init__(self, folder: Path, echo: bool = True, enabled: bool = True):
         self.folder = Path(folder)
         self.echo = echo
+        self.enabled = enabled
         self._columns: list[str] | None = None
         self.summary: dict[str, Any] = {}
 
     def line(self, text: str = "") -> None:
         """One line in log.txt and on the terminal (above any progress bar)."""
+        if not self.enabled:
+            return
         with open(self.folder / LOG_NAME, "a", encoding="utf-8") as fh:
             fh.write(text + "\n")
         if self.echo:
@@ -76,6 +80,8 @@ class RunLog:
 
     def metrics_row(self, row: Mapping[str, Any]) -> None:
         """Append one epoch's row to metrics.csv (the columns are fixed by the first row)."""
+        if not self.enabled:
+            return
         path = self.folder / METRICS_NAME
         if self._columns is None:
             self._columns = list(row)
@@ -88,7 +94,8 @@ class RunLog:
     def update_summary(self, **fields: Any) -> None:
         """Merge ``fields`` into summary.json (rewritten atomically)."""
         self.summary.update(fields)
-        write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(self.summary, indent=2, default=str) + "\n")
+        if self.enabled:
+            write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(self.summary, indent=2, default=str) + "\n")
 
 
 def _cell(value: Any) -> Any:
