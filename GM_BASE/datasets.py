@@ -383,8 +383,11 @@ def _levels(anat: dict, k: int, n: int, spacing: float, shape: tuple) -> dict:
 
 
 def _phantom_slice(rng, anat: dict, k: int, n: int, spacing: float, shape: tuple) -> tuple[np.ndarray, dict]:
-    """(image [rows, cols] in ~[0, 1], levels) of one axial slice."""
+    """(image [rows, cols] in ~[0, 1], levels) of one axial slice. Slice 0 lies beyond the gray
+    matter's extent: its cord is all white matter, so its empty masks are right, not a rater's gap."""
     lv = _levels(anat, k, n, spacing, shape)
+    if k == 0:
+        lv["gm"] = np.full(shape, np.inf)
     # partial volume: the covered fraction of a pixel, from the signed distance of its centre
     f = {name: np.clip(0.5 - level / spacing, 0.0, 1.0) for name, level in lv.items()}
     tone = anat["tones"]
@@ -403,8 +406,8 @@ def phantom_subject(seed: int, site: int, subject: int, n_slices: int, with_mask
     Axial cord cross-sections: an elliptical cord of white matter with a butterfly of gray matter,
     a bright CSF sheath, a dark vertebral ring, textured tissue, a smooth bias field and Rician
     noise. Each of the 4 raters draws the gray matter slightly differently (a rater-wide offset of
-    the boundary, +-0.15 mm, and a smooth local wobble); slice 0 is left unannotated (empty masks),
-    as raters sometimes leave an end slice. Site 4's masks also mark white matter = 2.
+    the boundary, +-0.15 mm, and a smooth local wobble); slice 0 shows no gray matter and has empty
+    masks, so validation holds slices without gray matter. Site 4's masks also mark white matter = 2.
     """
     spacing, thickness, shape = PHANTOM_SITES[site]
     rng = np.random.default_rng([seed, site, subject])

@@ -78,7 +78,7 @@ def test_script_end_to_end_with_its_recipe(tmp_path):
                           cwd=PROJECT_ROOT / "gm" / "demo", capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     log = (out / "e2e" / "log.txt").read_text()
-    assert "recipe: Adam lr 0.005, cosine schedule, 1 epochs, batch 16/16, loss dice" in log
+    assert "recipe: Adam lr 0.005, cosine schedule, 1 epochs, batch 4/16, loss dice" in log
     assert "data (phantom): GM phantom (seed 0): 1 site(s) x 3 subjects" in log
     assert "mask values found: 0, 1; target = gray matter (mask == 1)" in log
     table = rows(out / "e2e" / "metrics.csv")
