@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unetq.data import DataError, require_empty_folder
 from unetq.paths import base_module
 
 SUBDIRS = {"train": ("data", "mask"), "val": ("val_img", "val_mask")}
@@ -46,14 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--foreground", choices=("cell", "membrane"), default="cell",
                         help="class written as 255 in the masks (default cell, as in ISBI)")
     return parser.parse_args(argv)
-
-
-def check_out(out: Path, error) -> None:
-    """Refuse an OUT that is a file or a non-empty folder (never mix two preparations)."""
-    if out.exists() and not out.is_dir():
-        raise error(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise error(f"{out}: folder is not empty; give a new or empty output folder (nothing was written)")
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -90,15 +83,11 @@ def write_sections(em, src: Path, out: Path, val_sections: int, foreground: str)
 def main(argv=None) -> int:
     """Entry point: returns the exit status (0, or 2 with a one-line message on bad input)."""
     args = parse_args(argv)
+    em = load_em_datasets()
     try:
-        em = load_em_datasets()
-    except (ImportError, OSError) as err:
-        print(f"em_isbi.py: error: cannot load EM_BASE/datasets.py ({err})", file=sys.stderr)
-        return 2
-    try:
-        check_out(args.out, em.DataError)
+        require_empty_folder(args.out)
         count = write_sections(em, args.src, args.out, args.val_sections, args.foreground)
-    except (em.DataError, OSError) as err:
+    except (DataError, OSError) as err:
         print(f"em_isbi.py: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {count} sections (200x200, foreground={args.foreground}, last {args.val_sections} "

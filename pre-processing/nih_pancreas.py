@@ -36,6 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from unetq.data import DataError, require_empty_folder
 from unetq.paths import base_module
 
 
@@ -67,14 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="validation ROI centre: body (label-free, default) or legacy_gt (on its label)")
     parser.add_argument("--exclude", default="25,70", help="patient numbers to leave out (default 25,70; none)")
     return parser.parse_args(argv)
-
-
-def check_out(out: Path, error) -> None:
-    """Refuse an OUT that is a file or a non-empty folder (never mix two preparations)."""
-    if out.exists() and not out.is_dir():
-        raise error(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise error(f"{out}: folder is not empty; give a new or empty output folder (nothing was written)")
 
 
 def prepare_folder(pct, args) -> object:
@@ -109,15 +102,11 @@ def prepare_folder(pct, args) -> object:
 def main(argv=None) -> int:
     """Entry point: returns the exit status (0, or 2 with a one-line message on bad input)."""
     args = parse_args(argv)
+    pct = load_pipeline()
     try:
-        pct = load_pipeline()
-    except (ImportError, OSError) as err:
-        print(f"nih_pancreas.py: error: cannot load NIH_BASE/pancreas_ct.py ({err})", file=sys.stderr)
-        return 2
-    try:
-        check_out(args.out, pct.DataError)
+        require_empty_folder(args.out)
         report = prepare_folder(pct, args)
-    except (pct.DataError, OSError) as err:
+    except (DataError, OSError) as err:
         print(f"nih_pancreas.py: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {report.summary()} to {args.out}")

@@ -132,3 +132,13 @@ def window(array: np.ndarray, low: float, high: float) -> np.ndarray:
         raise DataError(f"intensity window {low}..{high}: the upper bound must exceed the lower one")
     clipped = np.clip(np.asarray(array, dtype=np.float32), low, high)
     return ((clipped - np.float32(low)) / np.float32(high - low)).astype(np.float32)
+
+
+def require_empty_folder(out: Path) -> None:
+    """Refuse an output that is a file or a non-empty folder (pre-processing never mixes two
+    preparations in one folder); raises DataError."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: folder is not empty; give a new or empty output folder (nothing was written)")

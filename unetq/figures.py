@@ -33,11 +33,19 @@ def overlay_rgb(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: floa
 def save_overlays(images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
                   path: Path, titles: Sequence[str] = (), suptitle: str = "") -> None:
     """One row per slice: input, ground truth, prediction, overlay (PNG)."""
-    n = len(images)
-    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
-    for r in range(n):
-        panels = [(images[r], "input", "gray"), (gts[r], "ground truth", "gray"), (preds[r], "prediction", "gray"),
-                  (overlay_rgb(images[r], gts[r], preds[r]), "overlay", None)]
+    rows = [[(image, "input", "gray"), (gt, "ground truth", "gray"), (pred, "prediction", "gray"),
+             (overlay_rgb(image, gt, pred), "overlay", None)] for image, gt, pred in zip(images, gts, preds)]
+    legend = "orange: overlap   red: ground truth only   blue: prediction only"
+    panel_grid(rows, path, titles, f"{suptitle}\n{legend}" if suptitle else legend)
+
+
+def panel_grid(rows: Sequence[Sequence[tuple]], path: Path, row_labels: Sequence[str] = (), suptitle: str = "",
+               cell: float = 2.6) -> None:
+    """A grid of images without axes: ``rows`` of (array, column title, colormap or None for RGB);
+    the titles of the first row head the columns (PNG)."""
+    n, cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n, cols, figsize=(cell * cols, cell * n), squeeze=False)
+    for r, panels in enumerate(rows):
         for c, (data, name, cmap) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(data, cmap=cmap, interpolation="nearest")
@@ -45,12 +53,11 @@ def save_overlays(images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name, fontsize=9)
-        if r < len(titles):
-            axes[r, 0].set_ylabel(titles[r], fontsize=8)
-    legend = "orange: overlap   red: ground truth only   blue: prediction only"
-    fig.suptitle(f"{suptitle}\n{legend}" if suptitle else legend, fontsize=9)
+        if r < len(row_labels):
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
+    fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
@@ -72,7 +79,7 @@ def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_weight_distributions(model: torch.nn.Module, paths: Sequence[Path], title: str = "") -> None:
@@ -102,11 +109,12 @@ def plot_weight_distributions(model: torch.nn.Module, paths: Sequence[Path], tit
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     for path in paths:
-        _save(fig, path, close=False)
+        save_figure(fig, path, close=False)
     plt.close(fig)
 
 
-def _save(fig, path: Path, close: bool = True) -> None:
+def save_figure(fig, path: Path, close: bool = True) -> None:
+    """Save ``fig`` (creating the folder) and close it unless ``close`` is False."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():     # a one-epoch curve has identical y limits: harmless

@@ -448,7 +448,7 @@ def latex(labels, datasets, cells) -> str:
 def plot_dice_vs_bits(labels, datasets, cells, path: Path) -> None:
     """Best Dice against weight bits, one panel per dataset: filled dots at the paper's count, a
     grey bar to the exact count, crosses for Dice at 0.5."""
-    from .figures import _save, plt
+    from .figures import plt, save_figure
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
     for ax, d in zip(axes[0], datasets):
@@ -472,12 +472,12 @@ def plot_dice_vs_bits(labels, datasets, cells, path: Path) -> None:
         ax.set_title(f"{d.upper()}: dots Dice@threshold, crosses Dice@0.5", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(labels, dataset: str, cells, entries_by_run: dict, path: Path) -> None:
     """Validation Dice (threshold and 0.5) and validation loss per epoch, one line per run."""
-    from .figures import _save, plt
+    from .figures import plt, save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for label in labels:
@@ -496,7 +496,7 @@ def plot_curves(labels, dataset: str, cells, entries_by_run: dict, path: Path) -
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{dataset.upper()}: training curves", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @dataclass
@@ -555,24 +555,13 @@ def overlay_data(run_folders: Sequence[Path], n_slices: int = 3, threshold: floa
 def plot_overlays(od: OverlayData, path: Path) -> None:
     """Rows = slices; columns = input, ground truth, then one overlay per run in the paper's colours
     (:func:`unetq.figures.overlay_rgb`: orange overlap, red ground truth only, blue prediction only)."""
-    from .figures import _save, overlay_rgb, plt
+    from .figures import overlay_rgb, panel_grid
 
-    cols = 2 + len(od.predictions)
-    fig, axes = plt.subplots(len(od.images), cols, figsize=(2.6 * cols, 2.6 * len(od.images)), squeeze=False)
-    for r, (image, gt) in enumerate(zip(od.images, od.gts)):
-        panels = [(image, "input", "gray"), (gt, "ground truth", "gray")]
-        panels += [(overlay_rgb(image, gt, preds[r]), title, None) for title, preds in od.predictions]
-        for c, (img, title, cmap) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(img, cmap=cmap, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=8)
-    fig.suptitle(f"{od.dataset.upper()} validation ({od.source}): orange overlap, red ground truth only, "
-                 f"blue prediction only", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
+    rows = [[(image, "input", "gray"), (gt, "ground truth", "gray")]
+            + [(overlay_rgb(image, gt, preds[r]), title, None) for title, preds in od.predictions]
+            for r, (image, gt) in enumerate(zip(od.images, od.gts))]
+    panel_grid(rows, path, suptitle=f"{od.dataset.upper()} validation ({od.source}): orange overlap, "
+                                    f"red ground truth only, blue prediction only")
 
 
 def _with_data_path(cfg, run_folder: Path):
