@@ -558,8 +558,9 @@ def _split_notes(train: SliceSet, val: SliceSet) -> list[str]:
     n_empty = sum(not m.any() for m in val.masks)
     return [f"training: {len(train)} pairs kept; dropped {train.dropped_no_gm} without gray matter and "
             f"{train.dropped_empty_input} with an all-zero input",
-            f"validation: {len(val)} pairs, unfiltered, {n_empty} without gray matter: 'dice' is the mean over all "
-            f"of them, 'dice_nonempty' (metrics.csv, summary) the mean over the {len(val) - n_empty} with gray matter"]
+            f"validation: {len(val)} pairs, unfiltered, {n_empty} without gray matter: 'dice', 'hd95', ... are means "
+            f"over all of them; the '_nonempty' columns of metrics.csv ('dice_nonempty', 'hd95_nonempty', ...) "
+            f"the means over the {len(val) - n_empty} with gray matter"]
 
 
 def _transforms(cfg) -> tuple[Compose, Compose]:

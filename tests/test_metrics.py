@@ -269,6 +269,10 @@ def test_aggregator_means_counts_and_nan_handling():
     assert r["n_empty_gt"] == 2 and r["n_empty_pred"] == 1 and r["n_hd_undefined"] == 1
     assert r["dice"] == pytest.approx(100 * (6 / 9) / 3)
     assert r["dice_nonempty"] == pytest.approx(100 * 6 / 9)
+    # over the one slice with non-empty ground truth: the hand example alone
+    assert r["precision_nonempty"] == pytest.approx(100 * 3 / 5)
+    assert r["specificity_nonempty"] == pytest.approx(100 * 10 / 12)
+    assert r["hd_nonempty"] == pytest.approx(S8)
     assert r["precision"] == pytest.approx(100 * (3 / 5) / 3)
     # specificity: 10/12, 16/16, 15/16
     assert r["specificity"] == pytest.approx(100 * (10 / 12 + 1 + 15 / 16) / 3)

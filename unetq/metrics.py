@@ -7,7 +7,8 @@ Overlap metrics are fractions in [0, 1] computed from the confusion counts of on
     specificity = TN / (TN + FP)     iou = TP / (TP + FP + FN)      accuracy = (TP + TN) / N
 Zero-denominator rule: ANY zero denominator gives 0. This is the paper's convention; it means a
 slice with empty ground truth scores Dice 0 even when the prediction is empty too. Because that
-drags the mean down, ``MetricAggregator`` also reports ``dice_nonempty`` (non-empty GT slices only).
+drags the mean down, ``MetricAggregator`` also reports every metric over the slices with non-empty
+ground truth only (``dice_nonempty``, ``precision_nonempty``, ..., ``hd95_nonempty``).
 
 Hausdorff distance (``hausdorff``): the real symmetric Hausdorff distance between mask boundaries.
 The boundary of a mask is its pixels with at least one 4-connected neighbour outside the mask;
@@ -40,7 +41,8 @@ FRACTION_KEYS = ("dice", "precision", "recall", "specificity", "iou", "accuracy"
 DISTANCE_KEYS = ("hd", "hd95")
 HD_MODES = ("max", "pooled")
 # Keys that result() produces besides the per-slice ones; an ``extra`` key may not reuse them.
-_RESULT_ONLY_KEYS = ("dice_nonempty", "n_slices", "n_empty_gt", "n_empty_pred", "n_hd_undefined")
+_RESULT_ONLY_KEYS = (*(f"{k}_nonempty" for k in FRACTION_KEYS + DISTANCE_KEYS),
+                     "n_slices", "n_empty_gt", "n_empty_pred", "n_hd_undefined")
 
 # 4-connectivity: a pixel stays interior only if its up/down/left/right neighbours are foreground.
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -248,8 +250,8 @@ class MetricAggregator:
     """Collects per-slice metrics and averages them over slices (the paper reports x100 means).
 
     ``result()`` gives: FRACTION_KEYS as per-slice means x100; hd and hd95 as means over the
-    slices where they are defined (nan slices excluded, units as given); ``dice_nonempty`` = mean
-    Dice x100 over slices with non-empty GT (nan if none); counts n_slices, n_empty_gt,
+    slices where they are defined (nan slices excluded, units as given); ``<metric>_nonempty`` = the
+    same over the slices with non-empty GT only (nan if none); counts n_slices, n_empty_gt,
     n_empty_pred, n_hd_undefined; and each ``extra`` key averaged as-is (no x100) over the slices
     that carry it, nan values skipped. With no slices, counts are 0 and means are nan.
     """
@@ -295,7 +297,10 @@ class MetricAggregator:
         out = {k: _nanmean(r[k] for r in rows) * 100.0 for k in FRACTION_KEYS}
         for k in DISTANCE_KEYS:
             out[k] = _nanmean(r[k] for r in rows)
-        out["dice_nonempty"] = _nanmean(r["dice"] for r in rows if not r["empty_gt"]) * 100.0
+        nonempty = [r for r in rows if not r["empty_gt"]]
+        for k in FRACTION_KEYS + DISTANCE_KEYS:
+            scale = 100.0 if k in FRACTION_KEYS else 1.0
+            out[f"{k}_nonempty"] = _nanmean(r[k] for r in nonempty) * scale
         out["n_slices"] = len(rows)
         out["n_empty_gt"] = sum(bool(r["empty_gt"]) for r in rows)
         out["n_empty_pred"] = sum(bool(r["empty_pred"]) for r in rows)
