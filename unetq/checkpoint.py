@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .runlog import default_mode
+
 FORMAT = "unetq-checkpoint"
 VERSION = 1
 
@@ -33,6 +35,7 @@ def save(payload: Mapping[str, Any], path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_mode())
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(dict(payload, format=FORMAT, version=VERSION), fh)

@@ -31,6 +31,7 @@ from .config import Config, ConfigError, load, parse_overrides
 from .data import DataError
 from .engine import Run, TrainingError
 from .models import build_model, model_options
+from .paths import code_version
 from .runlog import CONFIG_NAME, METRICS_NAME, RunLog, fresh_folder, read_metrics, sub_folder
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
@@ -273,7 +274,8 @@ def _header(run: Run, notes: list) -> None:
     params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     log.line(f"=== {cfg.experiment_name} | mode {cfg.operation_mode} | {time.strftime('%Y-%m-%d %H:%M:%S')} ===")
     procs = f" x {run.world.size} processes (torchrun)" if run.world.active else ""
-    log.line(f"unetq {__version__} | torch {torch.__version__} | python {platform.python_version()} | "
+    code = code_version()
+    log.line(f"unetq {__version__} ({code}) | torch {torch.__version__} | python {platform.python_version()} | "
              f"device {run.device}{procs} | {Path(sys.argv[0]).name}")
     log.line(f"config: {cfg.source} [{cfg.section}]")
     if run.data is not None:
@@ -296,5 +298,5 @@ def _header(run: Run, notes: list) -> None:
                        data_description=run.data.description if run.data else None,
                        num_epochs=cfg.num_epochs, base_width=opts["base_width"], quantization=cfg.quantization,
                        weight_format=wf.describe(), activation_format=af.describe(), threshold=cfg.threshold,
-                       device=str(run.device), torch=torch.__version__, started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                       device=str(run.device), torch=torch.__version__, code=code, started=time.strftime("%Y-%m-%d %H:%M:%S"),
                        command=" ".join(sys.argv))

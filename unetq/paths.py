@@ -7,6 +7,19 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def code_version() -> str:
+    """The git commit of the code (``+dirty`` with uncommitted changes), or "unknown" outside a
+    checkout: a run records it so that its numbers can be traced to the code that made them."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty=+dirty"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
 def shared_data_dir() -> Path:
     """The folder of real sample data (``../shared/data`` beside the project root).
 

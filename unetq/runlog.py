@@ -49,10 +49,19 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
+def default_mode() -> int:
+    """The permission bits a newly created file gets (0o666 less the umask): mkstemp's private 0o600
+    would leave results unreadable to the rest of a group."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one step (temporary file + rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, default_mode())
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
