@@ -53,6 +53,8 @@ def test_normal_mode_writes_every_output(trained):
                 "accuracy", "rand_index", "hd", "hd95", "dice_nonempty", "lr", "time_s"):
         assert key in table[0] and table[0][key] != ""
     assert table[0]["data_source"] == "phantom"
+    # this config's threshold is 0.5, so the metrics "at 0.5" must equal the thresholded ones
+    assert all(r["dice_05"] == r["dice"] and r["hd95_05"] == r["hd95"] for r in table)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["epochs_done"] == 2 and summary["data_source"] == "phantom"
     best = max(float(r["dice"]) for r in table)

@@ -79,6 +79,37 @@ def test_every_quantized_conv_sees_quantized_weights():
     assert len(seen) == 14
 
 
+def _hand_weights(kind: str, w: torch.Tensor) -> torch.Tensor:
+    """The weight quantizers written out independently of unetq.quantize."""
+    if kind == "bnn":
+        return torch.sign(w)
+    if kind == "int":                                                  # INT8 over the whole tensor
+        return torch.floor(256 * (w - w.min()) / (w.max() - w.min())) - 128
+    a = w.abs()                                                        # TWN, per output filter
+    delta = 0.7 * a.mean(dim=(1, 2, 3), keepdim=True)
+    keep = (a > delta).to(w.dtype)
+    alpha = (a * keep).sum(dim=(1, 2, 3), keepdim=True) / keep.sum(dim=(1, 2, 3), keepdim=True)
+    return torch.sign(w) * keep * alpha
+
+
+@pytest.mark.parametrize("kind", ["int", "bnn", "ternary"])
+def test_int_bnn_ternary_convs_see_their_quantized_weights(kind):
+    torch.manual_seed(1)
+    widths = {"weight_i_width": 8, "activation_i_width": 8} if kind == "int" else {}
+    model = build_model({"base_width": 4, "quantization": kind, **widths}).eval()
+    seen = {}
+    for m in model.modules():
+        if isinstance(m, QuantConv2d):
+            m.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, (inp[0].clone(), out.clone())))
+    with torch.no_grad():
+        model(torch.randn(1, 1, 16, 16))
+        for name, m in model.named_modules():
+            if isinstance(m, QuantConv2d) and not name.startswith("enc1."):
+                x, out = seen[m]
+                expect = F.conv2d(x, _hand_weights(kind, m.weight), m.bias, padding=1)
+                assert torch.allclose(out, expect, rtol=1e-5, atol=1e-4 * expect.abs().max().item())
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_forward_backward_every_quantization(kind):
     torch.manual_seed(1)
@@ -139,6 +170,9 @@ def test_initialisations():
 
 def test_build_model_reports_bad_keys_clearly():
     from unetq.config import ConfigError
+
+    with pytest.raises(ConfigError, match="12 \\+ 12.*1 to 23 bits"):       # each part <= 16, the sum not
+        build_model({"quantization": "fixed", "weight_i_width": 12, "weight_f_width": 12})
 
     with pytest.raises(ConfigError, match="quantization.*FIXD.*allowed: one of normal, fixed"):
         build_model({"quantization": "FIXD"})

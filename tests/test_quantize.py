@@ -203,3 +203,37 @@ def test_output_is_a_new_tensor_and_input_untouched():
     int_quant(x, 3)
     ternary(x.view(3, 1))
     assert torch.equal(x, before)
+
+
+def _int_numpy(x: np.ndarray, n: int) -> np.ndarray:
+    """METHOD.md's INT formula written out in numpy, in x's own precision."""
+    lo, hi = x.min(), x.max()
+    if hi == lo:
+        return np.full_like(x, -(2.0 ** (n - 1)))
+    return np.floor(x.dtype.type(2.0 ** n) * (x - lo) / (hi - lo)) - x.dtype.type(2.0 ** (n - 1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 12])
+def test_int_equals_a_numpy_transcription_and_maps_the_extremes(n):
+    rng = np.random.default_rng(n)
+    for _ in range(200):
+        x = (rng.normal(size=97) * rng.uniform(0.01, 20)).astype(np.float32)
+        got = int_quant(torch.from_numpy(x), n).numpy()
+        np.testing.assert_array_equal(got, _int_numpy(x, n))
+        # the minimum maps to -2^(n-1) and the maximum to exactly +2^(n-1), never one code low
+        assert got[x.argmin()] == -(2 ** (n - 1)) and got[x.argmax()] == 2 ** (n - 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", [(8, 8, "saturating"), (8, 8, "paper"), (16, 0, "paper"), (8, 8, "pow2"),
+                                 (0, 4, "pow2"), (6, 0, "saturating")])
+def test_half_dtypes_compute_the_float32_format_and_round_once(dtype, fmt):
+    # wide formats overflow float16 bounds and log2 in 8-11 bits picks other powers of two:
+    # the result must be the float32 value of the format, rounded once to the half dtype
+    torch.manual_seed(0)
+    x = (torch.randn(4096) * 40).to(dtype)
+    i, f, mode = fmt
+    y = fixed_point(x, i, f, mode)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert torch.equal(y, fixed_point(x.float(), i, f, mode).to(dtype))
+    assert torch.equal(int_quant(x, 16), int_quant(x.float(), 16).to(dtype))

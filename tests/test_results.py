@@ -141,3 +141,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tree, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+
+
+def test_an_interrupted_run_at_the_paper_settings_is_no_paper_number(tmp_path):
+    # real data, width 64, 200 epochs planned, but stopped at epoch 5: marked † like any reduced run
+    cfg = dict(dataset="em", experiment_name="full_precision", quantization="normal", data_source="real",
+               num_epochs=200, base_width=64)
+    write_run(tmp_path / "em/full_precision", cfg, [(80.0, 86.0, 14.0)] * 5, status="interrupted")
+    assert results.main([str(tmp_path / "em"), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out/results.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert (row["em_paper_protocol"], row["em_status"], row["em_epochs_done"]) == ("no", "interrupted", "5")
+    assert "80.00 (1) †" in (tmp_path / "out/results.md").read_text()

@@ -287,6 +287,21 @@ def validate(raw: Mapping[str, Any], *, source: Path | None = None, section: str
 def _check_combinations(v: dict, source: Path | None) -> None:
     """Rules that involve more than one key."""
     where = _where(source)
+    check_formats(v, where)
+    if v["operation_mode"] in ("retrain", "inference", "visualize") and v["trained_model"] is None:
+        raise ConfigError(f"{where}: key 'trained_model' is required when operation_mode is "
+                          f"{v['operation_mode']!r}; give the path of a checkpoint (e.g. runs/NAME/best.pt)")
+    if v["data_source"] == "real" and v["data_path"] is None:
+        raise ConfigError(f"{where}: key 'data_path' is required when data_source is 'real'")
+    device = v["device"].lower()
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"{where}: key 'device': {v['device']!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    v["device"] = device
+
+
+def check_formats(v: Mapping[str, Any], where: str = "config") -> None:
+    """The bit-width rules that involve two keys (FIXED: 1 <= i + f <= 23; INT: n >= 1), raised as a
+    ConfigError naming ``where``. Shared by the config loader and :func:`unetq.models.model_options`."""
     if v["quantization"] == "fixed":
         for role in ("weight", "activation"):
             i, f = v[f"{role}_i_width"], v[f"{role}_f_width"]
@@ -298,15 +313,6 @@ def _check_combinations(v: dict, source: Path | None) -> None:
             if v[f"{role}_i_width"] < 1:
                 raise ConfigError(f"{where}: key '{role}_i_width': 0 is not allowed for INT; allowed: the bit "
                                   f"count n, an integer from 1 to 16")
-    if v["operation_mode"] in ("retrain", "inference", "visualize") and v["trained_model"] is None:
-        raise ConfigError(f"{where}: key 'trained_model' is required when operation_mode is "
-                          f"{v['operation_mode']!r}; give the path of a checkpoint (e.g. runs/NAME/best.pt)")
-    if v["data_source"] == "real" and v["data_path"] is None:
-        raise ConfigError(f"{where}: key 'data_path' is required when data_source is 'real'")
-    device = v["device"].lower()
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"{where}: key 'device': {v['device']!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-    v["device"] = device
 
 
 def parse_overrides(items: Iterable[str], source: str = "-o") -> dict:

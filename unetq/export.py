@@ -238,7 +238,7 @@ def _tensor_entries(model: torch.nn.Module) -> list[tuple[dict, dict]]:
         if name in quantized:
             fmt, q = quantized[name]
             encoding = encoding_of(fmt)
-            fields, arrays = _CODECS[encoding][0](q.float().numpy(), fmt, name)
+            fields, arrays = _CODECS[encoding][0](q.detach().cpu().float().numpy(), fmt, name)
             entry.update(encoding=encoding, format={"kind": fmt.kind, "i": fmt.i_bits, "f": fmt.f_bits,
                                                    "mode": fmt.mode}, **fields)
             blobs = {role: (pack_codes(a, entry["width"]) if role == "codes" else a.astype(_SIDE_DTYPES[role]).tobytes())

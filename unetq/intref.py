@@ -153,11 +153,12 @@ def _pool(a: Codes) -> Codes:
 def integer_forward(model, x: torch.Tensor) -> torch.Tensor:
     """The logits of ``model`` (a FIXED paper/saturating U-Net in eval mode) computed with integer
     arithmetic in every quantized conv; float64 for BatchNorm, activations and the float layers.
-    Equal, bit for bit, to ``model.double()(x.double())`` (see the module docstring)."""
+    Equal, bit for bit, to ``model.double()(x.double())`` (see the module docstring). Runs on the
+    CPU whatever the model's device (CUDA has no int64 matmul); the logits come back on x's device."""
     _, af = _check_model(model)
-    m = copy.deepcopy(model).double()
+    m = copy.deepcopy(model).cpu().double()
     _check_bounds(m)
-    x = x.double()
+    device, x = x.device, x.detach().cpu().double()
     e1 = _block(m.enc1, x, af)
     e2 = _block(m.enc2, _pool(e1), af)
     e3 = _block(m.enc3, _pool(e2), af)
@@ -165,7 +166,7 @@ def integer_forward(model, x: torch.Tensor) -> torch.Tensor:
     d3 = _block(m.dec3, concat_codes(upsample_codes(b), e3), af)
     d2 = _block(m.dec2, concat_codes(upsample_codes(d3), e2), af)
     d1 = _block(m.dec1, concat_codes(upsample_codes(d2), e1), af)
-    return m.head(d1.value())
+    return m.head(d1.value()).to(device)
 
 
 def accumulator_bounds(model) -> list[dict]:

@@ -115,7 +115,7 @@ MODEL_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_
 def model_options(config: Any) -> dict:
     """The model keys of a config (a :class:`unetq.config.Config` or a plain mapping of YAML keys),
     validated and with missing keys at their documented defaults."""
-    from .config import COMMON_FIELDS, ConfigError
+    from .config import COMMON_FIELDS, ConfigError, check_formats
 
     raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     fields = {f.name: f for f in COMMON_FIELDS}
@@ -126,6 +126,7 @@ def model_options(config: Any) -> dict:
             opts[key] = fields[key].parse(value)
         except ValueError as err:
             raise ConfigError(f"model key {key!r}: {value!r} {err}; allowed: {fields[key].allowed()}") from None
+    check_formats(opts, "model options")
     return opts
 
 

@@ -25,6 +25,8 @@ simplifications; the tests compare it against a literal transcription of Eq. 1-4
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 FIXED_MODES = ("paper", "saturating", "pow2")
@@ -97,8 +99,11 @@ def _int_forward(x: torch.Tensor, bits: int) -> torch.Tensor:
     """
     lo, hi = torch.aminmax(x.detach())
     span = hi - lo
-    scale = torch.where(span > 0, float(2 ** bits) / span, torch.zeros_like(span))
-    return (x - lo).mul_(scale).floor_().sub_(float(2 ** (bits - 1)))
+    # divide by the span itself, not multiply by a rounded 1/span: the reciprocal's rounding put
+    # values on an integer boundary (the maximum itself) one code low. 2^n (x - lo) is exact.
+    # A constant tensor has x - lo = 0 everywhere, so dividing it by 1 instead of 0 gives 0.
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return (x - lo).mul_(float(2 ** bits)).div_(safe).floor_().sub_(float(2 ** (bits - 1)))
 
 
 def _binary_forward(x: torch.Tensor) -> torch.Tensor:
@@ -125,10 +130,25 @@ def _ternary_forward(w: torch.Tensor) -> torch.Tensor:
 # Autograd wrappers: straight-through estimators.
 # --------------------------------------------------------------------------------------------
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(forward: Callable[..., torch.Tensor], x: torch.Tensor, *args) -> torch.Tensor:
+    """``forward(x, *args)``, computed in float32 for float16 / bfloat16 inputs and cast back.
+
+    Why: the bounds of a wide format (Q8.8's 2^16 - 1 codes, 2^n (x - min) for INTn) overflow
+    float16, and log2 / round in 8-11 significant bits pick other powers of two and grid points
+    than the format defines. The result is the format's value rounded once to x's dtype (exact
+    whenever the format fits the dtype, e.g. Q6.0 and Q0.4). float32 and float64 run as they are."""
+    if x.dtype in _HALF_DTYPES:
+        return forward(x.float(), *args).to(x.dtype)
+    return forward(x, *args)
+
+
 class _FixedPointSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, i_bits, f_bits, mode):
-        return _FIXED_FORWARD[mode](x, i_bits, f_bits)
+        return _in_float32(_FIXED_FORWARD[mode], x, i_bits, f_bits)
 
     @staticmethod
     def backward(ctx, grad):
@@ -138,7 +158,7 @@ class _FixedPointSTE(torch.autograd.Function):
 class _IntSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bits):
-        return _int_forward(x, bits)
+        return _in_float32(_int_forward, x, bits)
 
     @staticmethod
     def backward(ctx, grad):
