@@ -25,13 +25,14 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from unetq.config import Field
-from unetq.data import DataBundle, DataError, SliceDataset, center_crop, read_gray, resize
+from unetq.data import DataBundle, DataError, SliceDataset, binary_mask, center_crop, read_gray, resize
 from unetq.paths import PROJECT_ROOT, shared_data_dir
 
 FIELDS: tuple[Field, ...] = (
@@ -155,20 +156,21 @@ def natural_key(name: str) -> list:
 
 def _tiff_pages(path: Path) -> list[np.ndarray]:
     """Every page of a (multi-page) TIFF as 2-D uint8 arrays; DataError naming the file otherwise."""
-    from PIL import Image, ImageSequence, UnidentifiedImageError
+    from PIL import Image, ImageSequence
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")      # PIL warns on truncated pages before failing on them
             pages = []
             for index, page in enumerate(ImageSequence.Iterator(img)):
                 if page.mode not in ("L", "1", "P"):
                     raise DataError(f"{path}: page {index}: expected 8-bit grayscale, got mode {page.mode}")
                 pages.append(np.array(page.convert("L") if page.mode != "L" else page))
             return pages
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"{path}: unreadable TIFF ({err})") from None
+    except DataError:
+        raise
+    except Exception as err:   # a truncated TIFF raises OSError, TypeError ("Missing dimensions"), ...
+        raise DataError(f"{path}: unreadable TIFF ({type(err).__name__}: {err})") from None
 
 
 def _labels_tiff_for(volume: Path) -> Path:
@@ -282,7 +284,7 @@ def read_isbi_with_sources(path) -> tuple[np.ndarray, np.ndarray, list[str], lis
     else:
         raise DataError(f"{path}: no ISBI data found (expected train-volume.tif + train-labels.tif, "
                         f"train/image/ + train/label/, or image/ + label/)")
-    return images, (labels > 127).astype(np.uint8), names, sources
+    return images, binary_mask(labels, f"{path}: labels"), names, sources
 
 
 def read_isbi(path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -320,7 +322,7 @@ def _read_split(root: Path, image_dir: str, mask_dir: str):
             raise DataError(f"size mismatch: {image_path} is {image.shape[1]}x{image.shape[0]} but "
                             f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
         images.append(_unit(image, image_path))
-        masks.append((mask > 127).astype(np.uint8))
+        masks.append(binary_mask(mask, str(mask_path)))
     return (_stack(images, str(root / image_dir), [p[1].name for p in pairs]),
             _stack(masks, str(root / mask_dir), [p[2].name for p in pairs]), [p[0] for p in pairs])
 

@@ -180,6 +180,13 @@ def read_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
     A 2-D file counts as one slice and trailing axes of length 1 are dropped; anything else that
     is not 3-D, and any unreadable or truncated file, raises DataError naming the file.
     """
+    data, zooms, _ = read_nifti_with_affine(path)
+    return data, zooms
+
+
+def read_nifti_with_affine(path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """:func:`read_nifti` plus the header's voxel -> mm affine (4x4), to check that a mask lies on
+    its image's grid."""
     import nibabel as nib
 
     path = Path(path)
@@ -190,6 +197,7 @@ def read_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
             raise DataError(f"{path}: voxel type {kind} is not a real number type (expected integers or floats)")
         data = np.asarray(img.get_fdata(dtype=np.float32))
         zooms = tuple(float(z) for z in img.header.get_zooms())
+        affine = np.asarray(img.affine, float)
     except DataError:
         raise
     except Exception as err:  # nibabel raises many types (OSError, EOFError, zlib.error, ImageFileError ...)
@@ -206,23 +214,47 @@ def read_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
     zooms = (zooms + (1.0, 1.0, 1.0))[:3]
     if not all(z > 0 for z in zooms[:2]):
         raise DataError(f"{path}: invalid voxel size {zooms} (the in-plane pixel size must be positive)")
-    return data, zooms
+    return data, zooms, affine
+
+
+# A mask must lie on its image's grid. Headers store the affine in float32, so a copy written by
+# another tool differs by rounding (1e-6 mm on the SCT sample); a real mismatch (a flip, a shift, a
+# mask of another scan) moves the grid by a voxel or more. So: at most a tenth of the smallest voxel
+# size anywhere in the volume (the largest displacement of an affine map over a box is at a corner).
+GRID_TOLERANCE = 0.1
+
+
+def grid_mismatch_mm(image_affine, mask_affine, shape) -> float:
+    """The largest distance (mm) between where the two affines put one voxel of a ``shape`` volume."""
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape[:3]], indexing="ij")).reshape(3, -1).T
+    points = np.c_[corners, np.ones(len(corners))] @ (np.asarray(mask_affine) - np.asarray(image_affine)).T
+    return float(np.max(np.linalg.norm(points[:, :3], axis=1)))
+
+
+def check_same_grid(image_path, image_affine, mask_path, mask_affine, shape, zooms) -> None:
+    """DataError naming both files when the mask's header puts it elsewhere than its image."""
+    moved = grid_mismatch_mm(image_affine, mask_affine, shape)
+    if moved > GRID_TOLERANCE * min(zooms[:2]):
+        raise DataError(f"{mask_path}: its header places the mask up to {moved:.3g} mm away from its image "
+                        f"{Path(image_path).name} (the voxel -> mm affines differ); a mask must share its image's "
+                        f"grid (flipped, shifted or drawn on another scan?)")
 
 
 def read_subject(subj: Subject) -> tuple[np.ndarray, dict, tuple]:
     """(image [X,Y,Z], {rater: mask values [X,Y,Z]}, voxel size) of one subject; the masks must
-    exist and have the image's shape."""
+    exist and have the image's shape and grid (affine)."""
     if not subj.masks:
         raise DataError(f"{subj.image}: no mask files ({subj.name}-mask-rR.nii.gz) for this training or "
                         f"validation subject (the challenge's subjects 11-20 have none: leave them out of "
                         f"train_subjects / val_subjects)")
-    image, zooms = read_nifti(subj.image)
+    image, zooms, affine = read_nifti_with_affine(subj.image)
     masks = {}
     for rater, path in sorted(subj.masks.items()):
-        mask, _ = read_nifti(path)
+        mask, _, mask_affine = read_nifti_with_affine(path)
         if mask.shape != image.shape:
             raise DataError(f"{path}: shape {'x'.join(map(str, mask.shape))} does not match its image "
                             f"{subj.image.name} ({'x'.join(map(str, image.shape))})")
+        check_same_grid(subj.image, affine, path, mask_affine, image.shape, zooms)
         masks[rater] = mask
     return image, masks, zooms
 
@@ -488,13 +520,13 @@ def load_challenge(folder, cfg) -> tuple[SliceSet, SliceSet, list[str]]:
         raise DataError(f"{folder}: no files of site(s) {format_ids(missing_sites)} (key 'sites'); sites found: "
                         f"{format_ids(found_sites)}")
     train, val, values, zooms_by_site, notes = SliceSet(), SliceSet(), set(), {}, []
-    for (site, number), subj in sorted(subjects.items()):
-        if site not in sites or number not in set(train_ids) | set(val_ids):
-            continue
+    used = [subj for (site, number), subj in sorted(subjects.items())
+            if site in sites and number in set(train_ids) | set(val_ids)]
+    for subj in used:
         image, masks, zooms = read_subject(subj)
         values |= mask_values(masks)
-        zooms_by_site.setdefault(site, set()).add(tuple(np.round(zooms, 3)))
-        is_train = number in train_ids
+        zooms_by_site.setdefault(subj.site, set()).add(tuple(np.round(zooms, 3)))
+        is_train = subj.subject in train_ids
         add_volume(train if is_train else val, image, targets(masks, cfg.rater_mode), zooms, subj.name, cfg,
                    filtered=is_train)
     for site in sites:
@@ -509,7 +541,26 @@ def load_challenge(folder, cfg) -> tuple[SliceSet, SliceSet, list[str]]:
     notes.insert(0, "voxel size (mm) per site: " + "; ".join(
         f"site{s} " + ", ".join(_fmt_zooms(z) for z in sorted(zs)) for s, zs in sorted(zooms_by_site.items())))
     notes.insert(1, _values_note(values))
+    rater_note = _raters_note(used, cfg.rater_mode)
+    if rater_note:
+        notes.insert(2, rater_note)
     return train, val, notes
+
+
+def _raters_note(subjects: list, rater_mode: str) -> str | None:
+    """A note naming the subjects that lack a rater's mask file which other subjects have (the
+    challenge has 4 raters everywhere): they then give fewer pairs (each) or a vote over fewer
+    raters (majority), which would otherwise go unnoticed. None when every subject has every rater."""
+    raters = set().union(*(s.masks for s in subjects)) if subjects else set()
+    lacking = [(s, sorted(raters - set(s.masks))) for s in subjects if raters - set(s.masks)]
+    if not lacking:
+        return None
+    shown = ", ".join(f"{s.name} lacks rater{'s' if len(r) > 1 else ''} {format_ids(r)} (no "
+                      f"{s.name}-mask-r{r[0]}.nii.gz{' ...' if len(r) > 1 else ''})" for s, r in lacking[:8])
+    more = f" and {len(lacking) - 8} more subject(s)" if len(lacking) > 8 else ""
+    effect = ("those subjects give fewer (image, mask) pairs" if rater_mode == "each"
+              else "their majority vote is over fewer raters")
+    return f"raters differ between subjects (raters found: {format_ids(raters)}): {shown}{more}; {effect}"
 
 
 def _values_note(values: set) -> str:
@@ -527,11 +578,12 @@ def load_sample(folder, cfg) -> tuple[SliceSet, SliceSet, list[str], str]:
             raise DataError(f"{path}: missing (the GM sample is {SAMPLE_FILES[0]} + {SAMPLE_FILES[1]}, in "
                             f"../shared/data/scgm_sct_t2s beside the developers' checkout); use data_source: phantom, "
                             f"or data_source: real with a challenge folder in data_path")
-    image, zooms = read_nifti(image_path)
-    mask, _ = read_nifti(mask_path)
+    image, zooms, affine = read_nifti_with_affine(image_path)
+    mask, _, mask_affine = read_nifti_with_affine(mask_path)
     if mask.shape != image.shape:
         raise DataError(f"{mask_path}: shape {'x'.join(map(str, mask.shape))} does not match its image "
                         f"{image_path.name} ({'x'.join(map(str, image.shape))})")
+    check_same_grid(image_path, affine, mask_path, mask_affine, image.shape, zooms)
     n = image.shape[2]
     if not 1 <= cfg.sample_val_slices < n:
         raise ConfigError(f"key 'sample_val_slices': {cfg.sample_val_slices} does not fit the sample's {n} slices; "

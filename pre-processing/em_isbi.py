@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +83,27 @@ def write_sections(em, src: Path, out: Path, val_sections: int, foreground: str)
     return len(rows)
 
 
+def write_atomically(em, args, out: Path) -> int:
+    """Write into a temporary sibling folder, then rename it to ``out``: a failure part way (a full
+    disk, Ctrl-C) leaves no half-written data set that a training run could mistake for a whole one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        count = write_sections(em, args.src, tmp, args.val_sections, args.foreground)
+        os.replace(tmp, out)          # out is absent or empty, so the rename replaces it in one step
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return count
+
+
 def main(argv=None) -> int:
     """Entry point: returns the exit status (0, or 2 with a one-line message on bad input)."""
     args = parse_args(argv)
     em = load_em_datasets()
     try:
         require_empty_folder(args.out)
-        count = write_sections(em, args.src, args.out, args.val_sections, args.foreground)
+        count = write_atomically(em, args, args.out)
     except (DataError, OSError) as err:
         print(f"em_isbi.py: error: {err}", file=sys.stderr)
         return 2

@@ -17,8 +17,10 @@ cropped to 112 x 176: training slices centred on their pancreas, validation slic
 centre (the mean training pancreas position relative to the body) unless --val-crop legacy_gt. The
 LAST --val-fraction of the patients by number validate (80 patients: the last 8).
 
-A bad case (label without image, broken DICOM series, non-CT, misaligned or empty label) is skipped
-with a message; the others are processed and the summary lists what was skipped. OUT (new or empty)
+A bad case (label without image, broken DICOM series or malformed geometry header, non-CT, misaligned,
+flipped-in-its-data or empty label, or any unexpected error of that one patient) is skipped with a
+message; the others are processed and the summary lists what was skipped. The real one-patient sample
+goes through as two links under NIH names: see pre-processing/README.md. OUT (new or empty)
 receives data/ + mask/ (training), val_img/ + val_mask/ (validation): PATIENT_SLICE.png, images
 16-bit (value / 65535 = the [0, 1] intensity), masks 0/255; manifest.csv (one row per slice: patient,
 slice, split, crop box, pancreas kept, spacing, sources) and preprocessing.json (options, body prior,

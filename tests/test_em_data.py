@@ -114,6 +114,29 @@ def test_read_isbi_tiff_missing_labels_and_page_count(tmp_path):
         em.read_isbi(tmp_path)
 
 
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_a_truncated_tiff_is_one_clear_error(tmp_path, keep, recwarn):
+    images, labels = raw_stack(n=4)
+    write_tiff(tmp_path / "train-volume.tif", images)
+    write_tiff(tmp_path / "train-labels.tif", labels)
+    data = (tmp_path / "train-volume.tif").read_bytes()
+    (tmp_path / "train-volume.tif").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(em.DataError, match=r"train-volume.tif: unreadable TIFF"):
+        em.read_isbi(tmp_path)
+    assert not [w for w in recwarn if "PIL" in str(w.filename)]     # no stray PIL warning line either
+
+
+def test_masks_0_1_are_foreground_and_other_values_refused(tmp_path):
+    images, labels = raw_stack(n=2)
+    write_png_folders(tmp_path / "a", images, (labels > 127).astype(np.uint8))      # a 0/1 label set
+    assert np.array_equal(em.read_isbi(tmp_path / "a")[1], (labels > 127).astype(np.uint8))
+    grey = labels.copy()
+    grey[0, 0, :3] = (7, 100, 200)
+    write_png_folders(tmp_path / "b", images, grey)
+    with pytest.raises(em.DataError, match=r"0/255 or 0/1 only, found values 0, 7, 100, 200, 255"):
+        em.read_isbi(tmp_path / "b")
+
+
 def test_read_isbi_png_natural_order(tmp_path):
     names = ["0", "1", "2", "10", "11"]
     images, labels = raw_stack(n=5)

@@ -23,8 +23,8 @@ def make_cfg(**keys):
     return validate(keys, extra_fields=gm.FIELDS, dataset="gm")
 
 
-def save(path, array, zooms=(0.5, 0.5, 5.0)):
-    nib.save(nib.Nifti1Image(np.asarray(array), np.diag([*zooms, 1.0])), str(path))
+def save(path, array, zooms=(0.5, 0.5, 5.0), affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array), np.diag([*zooms, 1.0]) if affine is None else affine), str(path))
 
 
 def disc_volume(shape=(40, 40, 4), radius=6, seed=0):
@@ -212,6 +212,46 @@ def test_shape_mismatch(tmp_path):
     with pytest.raises(DataError, match=r"site1-sc02-mask-r2.nii.gz: shape 40x38x4 does not match its image "
                                         r"site1-sc02-image.nii.gz \(40x40x4\)"):
         gm.build_datasets(real_cfg(root))
+
+
+def test_missing_rater_is_noted(tmp_path):
+    root = challenge_folder(tmp_path / "d", raters=(1, 2, 3))
+    complete = gm.build_datasets(real_cfg(root))
+    assert not any("raters differ" in note for note in complete.notes)
+    (root / "site1-sc02-mask-r2.nii.gz").unlink()
+    for r in (1, 3):
+        (root / f"site1-sc03-mask-r{r}.nii.gz").unlink()
+    bundle = gm.build_datasets(real_cfg(root))
+    assert ("raters differ between subjects (raters found: 1-3): site1-sc02 lacks rater 2 (no "
+            "site1-sc02-mask-r2.nii.gz), site1-sc03 lacks raters 1,3 (no site1-sc03-mask-r1.nii.gz ...); those "
+            "subjects give fewer (image, mask) pairs") in bundle.notes
+    assert len(bundle.train) == len(complete.train) - 4 and len(bundle.val) == len(complete.val) // 3
+    majority = gm.build_datasets(real_cfg(root, rater_mode="majority"))
+    assert any(n.endswith("their majority vote is over fewer raters") for n in majority.notes)
+
+
+@pytest.mark.parametrize("change,moved", [
+    (lambda a: a @ np.array([[-1.0, 0, 0, 39], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), 19.5),   # x reversed
+    (lambda a: a + np.array([[0, 0, 0, 0.0], [0, 0, 0, 0.5], [0, 0, 0, 0], [0, 0, 0, 0]]), 0.5),   # a row off
+    (lambda a: a @ np.diag([1.01, 1.0, 1.0, 1.0]), 0.195),          # 1 % larger pixels: 0.4 voxel at the far edge
+], ids=["flipped", "shifted", "scaled"])
+def test_mask_on_another_grid_refused(tmp_path, change, moved):
+    root = challenge_folder(tmp_path / "d")
+    _, mask = disc_volume(seed=102)
+    affine = change(np.diag([0.5, 0.5, 5.0, 1.0]))
+    save(root / "site1-sc02-mask-r2.nii.gz", mask, affine=affine)
+    with pytest.raises(DataError, match=rf"site1-sc02-mask-r2.nii.gz: its header places the mask up to {moved:.3g} mm "
+                                        r"away from its image site1-sc02-image.nii.gz"):
+        gm.build_datasets(real_cfg(root))
+
+
+def test_mask_affine_rounding_accepted(tmp_path):
+    root = challenge_folder(tmp_path / "d")
+    _, mask = disc_volume(seed=102)
+    affine = np.diag([0.5, 0.5, 5.0, 1.0])
+    affine[:3, 3] = 2e-5                                           # float32 header rounding, as written by another tool
+    save(root / "site1-sc02-mask-r2.nii.gz", mask, affine=affine)
+    assert len(gm.build_datasets(real_cfg(root)).train) == 2 * 4 * 2
 
 
 def test_four_d_volume_refused_singleton_accepted(tmp_path):

@@ -2,15 +2,17 @@
 crops, split, pipeline) and NIH_BASE/datasets.py (phantom, sources, build_datasets). The real
 Pancreas-CT sample is used when present and skipped otherwise."""
 
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from conftest import load_base_module
-from nih_cases import SPACING, display_affine, toy_volume, write_dicom_series, write_nifti
+from nih_cases import SPACING, display_affine, edit_dicom, toy_volume, write_dicom_series, write_nifti
 from unetq.config import ConfigError, validate
 from unetq.data import DataError
+from unetq.paths import PROJECT_ROOT
 
 nih = load_base_module("NIH_BASE", "datasets")
 pct = nih.pct
@@ -71,6 +73,24 @@ def test_dicom_mixed_series_and_modality_refused(tmp_path):
         pct.read_dicom_series(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("attribute,value,message", [
+    ("PixelSpacing", [0.75], r"PixelSpacing has 1 value \(0.75\); expected 2 finite numbers"),
+    ("PixelSpacing", [0.0, 0.75], "both spacings must be positive"),
+    ("ImagePositionPatient", [-20.0, -30.0], r"ImagePositionPatient has 2 values \(-20\\-30\); expected 3"),
+    ("ImageOrientationPatient", [1, 0, 0, 0, 1], "ImageOrientationPatient has 5 values"),
+    ("ImageOrientationPatient", [1, 0, 0, 1, 0, 0], "degenerate ImageOrientationPatient .* product a norm of 0.000"),
+    ("ImageOrientationPatient", [2, 0, 0, 0, 1, 0], "degenerate ImageOrientationPatient .* lengths 2.000 and 1.000"),
+], ids=["spacing-one-value", "spacing-zero", "position-two-values", "orientation-five-values", "orientation-parallel",
+        "orientation-not-unit"])
+def test_malformed_dicom_header_refused_naming_the_file(tmp_path, attribute, value, message):
+    hu, _ = toy_volume()
+    folder = write_dicom_series(tmp_path / "PANCREAS_0003" / "series", hu)
+    bad = edit_dicom(folder / "IM0004.dcm", **{attribute: value})        # one file of six is enough
+    with pytest.raises(pct.CaseError, match=message) as err:
+        pct.read_dicom_series(folder)
+    assert str(err.value).startswith(f"{bad}: ") and "duplicated" not in str(err.value)
+
+
 def test_dicom_without_pydicom_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)                 # import pydicom -> ImportError
     with pytest.raises(DataError, match="pip install pydicom") as err:
@@ -79,8 +99,7 @@ def test_dicom_without_pydicom_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_real_dicom_sample_order_and_hu(shared_data):
-    import pydicom
-
+    pydicom = pytest.importorskip("pydicom")
     folder = shared_data / "pancreas_ct_totalseg" / "dicom"
     scan = pct.read_dicom_series(folder)
     assert scan.array.shape == (512, 512, 20) and scan.array.dtype == np.float32
@@ -152,6 +171,42 @@ def test_label_in_air_and_empty_label_refused(tmp_path):
         pct.pancreas_mask(pct.load_case(case), 7)
 
 
+@pytest.mark.parametrize("how,looks", [
+    ("lr", "flipped left-right"), ("ap", "flipped anterior-posterior"), ("transpose", "transposed"),
+])
+def test_label_flipped_in_its_data_refused(tmp_path, how, looks):
+    # square slices, a pancreas in fat, off-centre: every variant of the label lands in fat
+    hu, label = toy_volume(shape=(56, 56), centre=(16, 36), body_hu=-100.0)
+    wrong = {"lr": label[:, :, ::-1], "ap": label[:, ::-1], "transpose": label.transpose(0, 2, 1)}[how]
+    image = write_nifti(tmp_path / "image0001.nii.gz", hu)
+    lab = write_nifti(tmp_path / "label0001.nii.gz", wrong)               # the image's header: check_alignment passes
+    volume = pct.load_case(pct.Case("0001", 1, image, lab))
+    with pytest.raises(pct.CaseError, match=f"label's data look {looks}") as err:
+        pct.pancreas_mask(volume, 1)
+    assert str(err.value).startswith(f"{lab}: ") and "better on 4 of 4 slices" in str(err.value)
+    write_nifti(lab, label)                                               # the right label on the same image
+    assert pct.pancreas_mask(pct.load_case(pct.Case("0001", 1, image, lab)), 1).sum() == label.sum()
+
+
+def test_label_content_not_judged_without_contrast_or_voxels():
+    hu, label = toy_volume(shape=(56, 56), centre=(16, 36))               # soft tissue all round: no edge to see
+    volume = pct.Volume("0001", hu, label[:, :, ::-1].copy(), SPACING, "img", "lab")
+    assert pct.pancreas_mask(volume, 1).any()                             # cannot tell: accepted
+    hu, label = toy_volume(shape=(56, 56), centre=(16, 36), radius=2, body_hu=-100.0, pancreas_slices=[2])
+    volume = pct.Volume("0001", hu, label[:, :, ::-1].copy(), SPACING, "img", "lab")
+    assert label.sum() < pct.CONTENT_MIN_VOXELS and pct.pancreas_mask(volume, 1).any()   # too small to judge
+
+
+def test_phantom_label_flipped_in_its_data_refused():
+    volume = nih.make_phantom_volume(1, seed=0)
+    assert pct.pancreas_mask(volume, 1).any()
+    for flip, looks in ((lambda a: a[:, :, ::-1], "flipped left-right"), (lambda a: a[:, ::-1], "flipped anterior"),
+                        (lambda a: a.transpose(0, 2, 1), "transposed")):
+        wrong = pct.Volume("0001", volume.hu, np.ascontiguousarray(flip(volume.label)), volume.spacing, "img", "lab")
+        with pytest.raises(pct.CaseError, match=f"look {looks}"):
+            pct.pancreas_mask(wrong, 1)
+
+
 def test_not_hounsfield_refused(tmp_path):
     hu, label = toy_volume()
     image = write_nifti(tmp_path / "image0001.nii.gz", hu + 1024.0)    # raw stored values, no intercept
@@ -171,6 +226,17 @@ def test_real_sample_orientation_and_pancreas(shared_data):
     assert columns[5] < 61 < columns[1]            # liver (5) on the image's left, spleen (1) on its right
     bone_row = np.argwhere(volume.hu > 400)[:, 1].mean()
     assert bone_row > np.argwhere(mask)[:, 1].mean()                  # spine posterior to (below) the pancreas
+
+
+def test_real_sample_label_flipped_in_its_data_refused(shared_data):
+    root = shared_data / "pancreas_ct_totalseg"
+    volume = pct.load_case(pct.Case("s", None, root / "example_ct_sm.nii.gz", root / "example_seg.nii.gz"))
+    given = pct.label_fit(np.stack([pct.soft_tissue(volume.hu[z]) for z in range(2, 20)]), volume.label[2:20] == 7, 1)
+    assert given[0] > 0.9 and given[1] > 0.35                         # 94 % soft tissue, contrast +0.40 (3 mm ring)
+    for axis, looks in ((2, "flipped left-right"), (1, "flipped anterior-posterior")):
+        wrong = pct.Volume("s", volume.hu, np.flip(volume.label, axis), volume.spacing, "img", "lab")
+        with pytest.raises(pct.CaseError, match=f"look {looks} .* better on 18 of 18 slices"):
+            pct.pancreas_mask(wrong, 7)
 
 
 # --------------------------------------------------------------------------- geometry, intensity, split
@@ -290,6 +356,24 @@ def test_prepare_skips_bad_cases_and_goes_on():
         pct.prepare(train, [pct.Case("0003", 3, load=broken)], pct.Options(crop=(16, 24)), pct.Collector())
 
 
+def test_prepare_records_unexpected_errors_but_stops_on_run_wide_ones():
+    def buggy(case):
+        raise ZeroDivisionError("float division by zero\n  in a reader")
+
+    def no_reader(case):
+        raise DataError("reading DICOM needs the optional package pydicom: pip install pydicom")
+
+    good = [pct.Case(f"{n:04d}", n, load=lambda c: _volume(c.patient, (20, 30))) for n in (1, 2, 4)]
+    odd = pct.Case("0003", 3, image=pct.Path("PANCREAS_0003"), label=pct.Path("label0003.nii.gz"), load=buggy)
+    report = pct.prepare(good[:1] + [odd] + good[1:2], good[2:], pct.Options(crop=(16, 24)), pct.Collector())
+    assert report.patients == {"train": ["0001", "0002"], "val": ["0004"]}
+    assert report.skipped == [("patient 0003", "PANCREAS_0003 + label0003.nii.gz: unexpected error while reading "
+                                               "or processing (ZeroDivisionError: float division by zero in a reader)")]
+    with pytest.raises(DataError, match="needs the optional package pydicom"):      # every case would fail
+        pct.prepare(good[:1] + [pct.Case("0003", 3, load=no_reader)], good[2:], pct.Options(crop=(16, 24)),
+                    pct.Collector())
+
+
 def test_resampling_changes_pixel_size():
     native = pct.process_volume(_volume("0001", (20, 30)), "train", pct.Options(crop=(16, 24)), pct.BodyPrior())
     opts = pct.Options(crop=(16, 24), spacing_mm=1.5)
@@ -301,7 +385,9 @@ def test_resampling_changes_pixel_size():
 
 def test_find_cases_pairs_by_number(tmp_path):
     hu, label = toy_volume()
-    write_dicom_series(tmp_path / "Pancreas-CT" / "PANCREAS_0001" / "study" / "series", hu)
+    series = tmp_path / "Pancreas-CT" / "PANCREAS_0001" / "study" / "series"    # found by name: nothing read yet
+    series.mkdir(parents=True)
+    (series / "IM0001.dcm").write_bytes(b"\0" * 132)
     write_nifti(tmp_path / "Pancreas-CT" / "image0002.nii.gz", hu)
     write_nifti(tmp_path / "Pancreas-CT" / "PANCREAS_0004.nii.gz", hu)
     labels = tmp_path / "labels"
@@ -386,3 +472,15 @@ def test_build_real_raw_folder(tmp_path):
                                          val_fraction=0.3))
     assert {n[:4] for n in bundle.val.names} == {"0003"} and len(bundle.train) == 4
     assert any("skipped: patient 0005" in note for note in bundle.notes)
+
+
+def test_dicom_tests_skip_when_reader_absent():
+    """pydicom is optional: with it unimportable, the tests that need it skip and none fails."""
+    code = ("import sys; sys.modules['pydicom'] = None; import pytest; sys.exit(pytest.main(["
+            "'-q', '-p', 'no:cacheprovider', '-k', 'dicom and not reader_absent', 'tests/test_nih_data.py']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "skipped" in summary and "failed" not in summary and "error" not in summary
+    assert "1 passed" in summary                                          # the install hint needs no pydicom

@@ -56,10 +56,12 @@ def load(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"{path}: refused: the file holds Python objects{what} beyond tensors and plain "
-                              f"values, which could run code when loaded") from None
+        # torch words it "Unsupported global: GLOBAL os.system" or "unsupported GLOBAL posix.system"
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        if not found:   # a text file, random bytes, a plain pickle of something else
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(err).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: refused: the file holds Python objects ({found.group(1)}) beyond tensors "
+                              f"and plain values, which could run code when loaded") from None
     except Exception as err:  # truncated zip, not a torch file, ...
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:160] if str(err) else 'no detail'})") from None
@@ -94,6 +96,10 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: P
     if missing or unexpected or shapes:
         detail = "; ".join(differs) if differs else _mismatch_summary(missing, unexpected, shapes)
         raise CheckpointError(f"{path}: does not fit this model ({detail})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: holds non-finite values (NaN or inf) in {bad[0]}"
+                              f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; refusing to use it")
     model.load_state_dict(state)
     if differs:
         notices.append(f"note: {path.name} was trained with different settings ({'; '.join(differs)})")

@@ -293,6 +293,10 @@ def _check_combinations(v: dict, source: Path | None) -> None:
                           f"{v['operation_mode']!r}; give the path of a checkpoint (e.g. runs/NAME/best.pt)")
     if v["data_source"] == "real" and v["data_path"] is None:
         raise ConfigError(f"{where}: key 'data_path' is required when data_source is 'real'")
+    name = v.get("experiment_name")
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
+        raise ConfigError(f"{where}: key 'experiment_name': {name!r} is not allowed; allowed: a plain folder "
+                          f"name (no '/', not '.' or '..'): runs go to log_output_dir/experiment_name")
     device = v["device"].lower()
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"{where}: key 'device': {v['device']!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")

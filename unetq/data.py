@@ -14,6 +14,7 @@ whatever the number of DataLoader workers and can be resumed mid-way.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -88,18 +89,32 @@ class DataBundle:
 def read_gray(path: Path) -> np.ndarray:
     """A single-channel image file (PNG, TIFF page 0, ...) as a 2-D numpy array; a truncated,
     corrupt or multi-channel file raises DataError naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")      # PIL warns on some damaged files before failing on them
             img.load()
             if img.mode not in ("L", "I", "I;16", "F", "1", "P"):
                 raise DataError(f"{path}: expected a single-channel (grayscale) image, got mode {img.mode}")
             return np.array(img.convert("L") if img.mode in ("1", "P") else img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"{path}: unreadable image ({err})") from None
+    except DataError:
+        raise
+    except Exception as err:   # PIL raises OSError, SyntaxError, ValueError, TypeError... on damaged files
+        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def binary_mask(mask: np.ndarray, where: str) -> np.ndarray:
+    """A label image as uint8 {0, 1}: 0/255 masks (ISBI) split at 127, 0/1 masks taken as they are.
+    Any other values are refused: thresholding them at 127 would turn a 0/1 mask into all background,
+    silently."""
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, 1}:
+        return mask.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return (mask > 127).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise DataError(f"{where}: a mask must hold 0/255 or 0/1 only, found values {shown}")
 
 
 def resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:

@@ -280,7 +280,8 @@ def _merge_ranks(parts: list, hd95_mode: str) -> tuple:
 
 def overlay_indices(n: int) -> tuple[int, ...]:
     """Up to N_OVERLAYS validation slices spread evenly over the set."""
-    return tuple(sorted({round(i * (n - 1) / max(N_OVERLAYS - 1, 1)) for i in range(min(n, N_OVERLAYS))}))
+    k = min(n, N_OVERLAYS)
+    return tuple(sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,11 +334,13 @@ def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 
         improved = metrics["dice"] > best_dice
         if improved:
             best_dice, best_epoch = metrics["dice"], epoch
-        _save_epoch(run, epoch, metrics, best_dice, best_epoch, optimizer, improved)
+        # the row goes out before last.pt: an interrupt in between leaves a row that resume trims and
+        # redoes, never a checkpoint whose epoch has no row
         log.line(f"epoch {epoch}/{cfg.num_epochs} | {row['time_s']:.1f} s | loss {train_loss:.4f} | "
                  f"val loss {metrics['val_loss']:.4f} | {format_metrics(metrics)} | lr {lr:.2e} | "
                  f"best {best_dice:.2f} (epoch {best_epoch})")
         log.metrics_row(row)
+        _save_epoch(run, epoch, metrics, best_dice, best_epoch, optimizer, improved)
         log.update_summary(epochs_done=epoch, best_dice=best_dice, best_epoch=best_epoch, last=row)
         if not world.is_main:
             continue

@@ -61,10 +61,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one step (temporary file + rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, default_mode())
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, default_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:      # a full disk or an interrupt: no stray temporary file is left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class RunLog:
