@@ -253,3 +253,53 @@ def test_a_bf16_run_end_to_end(tmp_path, one_thread):
     assert run_script("em", em, {}, ["-f", str(tmp_path / "config.yaml"), "-q"]) == 0
     summary = json.loads((tmp_path / "runs" / "amp" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["epochs_done"] == 1
+
+
+# ------------------------------------------------------------------ the benchmark's models and memory figures
+
+def test_bench_times_the_em_settings_too(report):
+    assert bench.MODELS["fixed_pow2"]["fixed_mode"] == "pow2" and bench.MODELS["fixed"]["fixed_mode"] == "paper"
+    assert bench.MODELS["ternary_tanh"]["activation"] == "ternarytanh"
+    r = report["widths"]["2"]
+    for name in ("fixed_pow2", "ternary_tanh"):
+        assert r["train_step"][name]["ratio"] > 0 and r["inference"][name]["ratio"] > 0
+    text = bench.format_report(report)
+    assert "fixed_pow2" in text and "ternary_tanh" in text
+
+
+def test_bench_cpu_memory_is_named_autograd_saved_memory(report):
+    mem = report["widths"]["2"]["memory"]
+    assert {m["measure"] for m in mem.values()} == {"autograd saved memory"}
+    text = bench.format_report(report)
+    assert "memory: autograd saved memory of one training step" in text and "saved MB" in text
+    assert "peak" not in text.replace("not a process peak", "")
+
+
+def test_bench_cuda_memory_is_the_step_above_what_was_allocated(monkeypatch):
+    """On CUDA the figure is the peak minus the allocation right before the step (the other models'
+    weights and Adam state stay on the GPU), and the gradients are freed afterwards. The CUDA
+    allocator is faked: 1000 bytes allocated before the step, a 1500-byte peak."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: calls.append("before") or 1000)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1500)
+    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    torch.manual_seed(0)
+    model = build_model({"base_width": 2})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    compute = engine.compute_for("off", torch.device("cpu"))
+    got = bench._memory(model, opt, compute, x, y, build_loss("bce_dice"), torch.device("cuda"))
+    assert got == {"bytes": 500, "measure": "cuda peak above baseline"}
+    assert calls == ["reset", "before"]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bench_records_cuda_cudnn_and_autocast_dtype(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    info = bench.machine(torch.device("cuda:0"), "bf16")
+    assert (info["device_name"], info["cuda"], info["cudnn"], info["amp_dtype"]) == ("Fake GPU", "12.4", 90100, "bfloat16")
+    assert bench.machine(torch.device("cuda:0"))["amp_dtype"] == "float32 (amp off)"
+    assert "cuda" not in bench.machine(torch.device("cpu"))

@@ -96,3 +96,47 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     assert result.returncode != 0
     assert "key 'batch_size': 5 cannot be shared evenly by 2 processes" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def torchrun_error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("case", ["unwritable output", "sync_bn on the cpu"])
+def test_every_rank_stops_with_the_same_line(case, tmp_path):
+    """Rank 0 alone checks the output folder: when that fails, rank 1 (waiting for the folder) gets
+    the reason and stops with the same line, not with a traceback from the broadcast. A refused
+    setting (sync_bn without CUDA) stops both ranks before they join."""
+    (tmp_path / "afile").write_text("not a folder")
+    keys = {"log_output_dir": "afile"} if case == "unwritable output" else {"sync_bn": True}
+    result = run(tmp_path, {**TINY, "num_epochs": 1, **keys}, nproc=2)
+    assert result.returncode != 0
+    lines = torchrun_error_lines(result)
+    expected = ("cannot create the output folder (afile is a file); set log_output_dir to a folder"
+                if case == "unwritable output" else "key 'sync_bn': SyncBatchNorm needs a CUDA device")
+    assert len(lines) == 2 and lines[0] == lines[1] and expected in lines[0], result.stderr
+    assert "[rank1]" not in result.stderr and "broadcast" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "config.yaml"]   # nothing written
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_sync_bn_is_refused_when_the_run_is_not_on_cuda(device, tmp_path, monkeypatch, capsys):
+    """The run's device decides, not the machine: device cpu on a GPU machine (faked here) is refused
+    too, with one line, before anything is written, even for a single process."""
+    import torch
+
+    from unetq.cli import run_script
+    from unetq.paths import base_module
+
+    if device == "cpu":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    elif torch.cuda.is_available():
+        pytest.skip("a CUDA machine: device auto runs on the GPU")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"UNET": {**TINY, "sync_bn": True, "device": device}}))
+    assert run_script("em", base_module("EM_BASE"), {}, ["-f", str(tmp_path / "config.yaml"), "-q"]) == 2
+    err = capsys.readouterr().err
+    why = "device: cpu" if device == "cpu" else "device: auto, and no usable CUDA GPU was found"
+    assert err == (f"error: {tmp_path / 'config.yaml'}: key 'sync_bn': SyncBatchNorm needs a CUDA device, but "
+                   f"this run's device is cpu ({why}); set sync_bn: false to train on the CPU\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -21,7 +21,7 @@ EM = base_module("EM_BASE")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,
         "batch_size": 2, "val_batch_size": 2, "quantization": "FIXED", "activation_i_width": 4,
         "activation_f_width": 4, "weight_f_width": 4, "overlay_every": 0, "experiment_name": "r",
-        "lr_schedule": "constant"}
+        "lr_schedule": "constant", "loss": "bce_dice"}   # the loss em_unet.py's recipe sets: a resume must match
 
 
 def write(folder, section):
@@ -167,3 +167,65 @@ def test_unwritable_output_or_full_disk_fails_before_training(tmp_path, capsys, 
     code, err = run(tmp_path / "b", TINY, capsys)
     assert code == 2 and "only 1 MB free" in err
     assert not (tmp_path / "b" / "runs").exists()
+
+
+def test_resume_of_a_retrain_run_continues_its_own_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import unetq.engine as engine
+
+    assert run(tmp_path / "src", {**TINY, "num_epochs": 3, "experiment_name": "src"})[0] == 0   # a 3-epoch source
+    source = str(tmp_path / "src/runs/src/last.pt")
+    retrain = {**TINY, "num_epochs": 3, "operation_mode": "retrain", "trained_model": source}
+    real = engine._save_epoch
+
+    def stop_at_epoch_2(run_, epoch, *args):
+        if epoch == 2:       # after epoch 2's metrics row, before its last.pt: the window an interrupt can hit
+            raise KeyboardInterrupt
+        return real(run_, epoch, *args)
+
+    monkeypatch.setattr(engine, "_save_epoch", stop_at_epoch_2)
+    code, err = run(tmp_path / "exp", retrain, capsys)
+    assert code == 130 and "last.pt holds epoch 1" in err
+    monkeypatch.undo()
+    # trained_model still names the 3-epoch source: resume must take the run's own last.pt (epoch 1)
+    code, err = run(tmp_path / "exp", {**retrain, "operation_mode": "resume"}, capsys)
+    assert code == 0, err
+    assert checkpoint.load(tmp_path / "exp/runs/r/last.pt")["epoch"] == 3
+    epochs = [int(r["epoch"]) for r in metrics_without_time(tmp_path / "exp/runs/r/metrics.csv")]
+    assert epochs == [1, 2, 3]
+    assert "continuing after epoch 1" in (tmp_path / "exp/runs/r/log.txt").read_text()
+
+
+def test_resume_refuses_a_changed_config_and_a_tampered_checkpoint(tmp_path, capsys):
+    assert run(tmp_path, TINY)[0] == 0
+    last = tmp_path / "runs/r/last.pt"
+    code, err = run(tmp_path, {**TINY, "operation_mode": "resume", "num_epochs": 3, "lr": 0.5}, capsys)
+    assert code == 2 and "resume must continue the run" in err and "lr: run 0.001, now 0.5" in err
+    before = (tmp_path / "runs/r/metrics.csv").read_text()
+    ckpt = torch.load(last, weights_only=True)
+    for key, bad in (("epoch", "abc"), ("optimizer", None), ("rng", {"torch": torch.zeros(3)})):
+        checkpoint.save({**ckpt, key: bad}, last)
+        code, err = run(tmp_path, {**TINY, "operation_mode": "resume", "num_epochs": 3}, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert str(last) in err and ("resumable" in err or "does not fit" in err)
+    assert (tmp_path / "runs/r/metrics.csv").read_text() == before       # nothing was trained or trimmed
+
+
+def test_non_finite_and_non_checkpoint_files_are_refused_in_words(tmp_path, capsys):
+    assert run(tmp_path / "a", TINY)[0] == 0
+    ckpt = checkpoint.load(tmp_path / "a/runs/r/best.pt")
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = torch.full_like(ckpt["model"][name], float("nan"))
+    checkpoint.save(ckpt, tmp_path / "nan.pt")
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint")
+    for bad, words in (("nan.pt", "non-finite values"), ("text.pt", "PyTorch checkpoint")):
+        code, err = run(tmp_path / bad[:3], {**TINY, "operation_mode": "inference",
+                                             "trained_model": str(tmp_path / bad)}, capsys)
+        assert code == 2 and words in err and "could run code" not in err, err
+        assert not (tmp_path / bad[:3] / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "../outside", "a/b", "."])
+def test_experiment_name_cannot_leave_the_run_folder(tmp_path, capsys, name):
+    code, err = run(tmp_path / "exp", {**TINY, "experiment_name": name}, capsys)
+    assert code == 2 and "experiment_name" in err and "plain folder name" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "exp"]

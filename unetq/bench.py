@@ -10,10 +10,14 @@ For every base width it measures, with the code the engine runs (``engine.train_
   quantizers   forward+backward of every quantization type on an activation-sized tensor (batch x
                width x H x W), as a ratio to one ``torch.clamp`` pass over the same tensor (and
                elements/s); the weight quantizers also on the largest conv weight (overhead-bound)
-  train step   Normal, FIXED a6.0/w0.4, INT a8/w8, BNN, Ternary (and Normal in NCHW when the run uses
-               channels_last), as ratios to Normal
+  train step   Normal, FIXED a6.0/w0.4 (paper mode), FIXED a6.0/w0.4 pow2 (what the em/ FIXED rows
+               train), INT a8/w8, BNN, Ternary with relu and with ternarytanh (what em/Ternary trains),
+               and Normal in NCHW when the run uses channels_last, as ratios to Normal
   inference    the same models in eval mode under ``torch.inference_mode``, as ratios to Normal
-  memory       bytes autograd keeps for the backward pass (CPU), or the CUDA peak, as ratios to Normal
+  memory       of one training step, as ratios to Normal: on the CPU the autograd saved memory (bytes
+               autograd keeps for the backward pass; the CPU keeps no allocator statistics, so this is
+               not a process peak); on CUDA the peak allocated during a step above what was allocated
+               right before it (so the other models' weights and optimizer state do not count)
   data         one epoch of the training loader without compute, as a ratio to one epoch of compute
 
 Timings are medians over ``--reps`` repetitions after ``--warmup`` ones, the models interleaved
@@ -45,14 +49,18 @@ from .losses import build_loss
 from .models import build_model
 from .quantize import binary, fixed_point, int_quant, ternary
 
-# The trained models: name -> model keys (FIXED is the paper's headline a6.0/w0.4).
+# The trained models: name -> model keys (FIXED is the paper's headline a6.0/w0.4; the em/ folders
+# train it in pow2 mode and Ternary with ternarytanh, so those two are timed as well).
 MODELS = {
     "normal": {"quantization": "normal"},
-    "fixed": {"quantization": "fixed", "activation_i_width": 6, "weight_f_width": 4},
+    "fixed": {"quantization": "fixed", "activation_i_width": 6, "weight_f_width": 4, "fixed_mode": "paper"},
+    "fixed_pow2": {"quantization": "fixed", "activation_i_width": 6, "weight_f_width": 4, "fixed_mode": "pow2"},
     "int": {"quantization": "int", "activation_i_width": 8, "weight_i_width": 8},
     "bnn": {"quantization": "bnn"},
     "ternary": {"quantization": "ternary"},
+    "ternary_tanh": {"quantization": "ternary", "activation": "ternarytanh"},
 }
+MEASURES = {"cpu": "autograd saved memory", "cuda": "cuda peak above baseline"}
 TARGETS = {"fixed_train_step": 1.10, "quantizer": 3.0, "fixed_inference": 1.15}
 TRAIN_IMAGES = 25         # EM: 30 sections, the last 5 validate
 
@@ -273,15 +281,13 @@ def bench_models(width: int, args, device: torch.device, compute: engine.Compute
 
 
 def _memory(model, opt, compute, x, y, loss_fn, device) -> dict:
-    """Memory of one training step: the CUDA peak on a GPU; on the CPU (which keeps no allocator
-    statistics) the bytes autograd holds for the backward pass, the bulk of training memory."""
+    """Memory of one training step: on CUDA see :func:`_cuda_memory`; on the CPU (which keeps no
+    allocator statistics) the autograd saved memory: the bytes autograd holds for the backward
+    pass, the bulk of training memory."""
     model.train()
     xx = x.contiguous(memory_format=compute.memory_format)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        engine.train_step(model, xx, y, loss_fn, opt, compute)
-        _sync(device)
-        return {"bytes": torch.cuda.max_memory_allocated(device), "measure": "cuda peak allocated"}
+        return _cuda_memory(model, opt, compute, xx, y, loss_fn, device)
     storages = {}
 
     def pack(t):
@@ -294,7 +300,25 @@ def _memory(model, opt, compute, x, y, loss_fn, device) -> dict:
         loss = loss_fn(logits.float(), y)
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return {"bytes": sum(storages.values()), "measure": "saved for backward"}
+    return {"bytes": sum(storages.values()), "measure": MEASURES["cpu"]}
+
+
+def _cuda_memory(model, opt, compute, xx, y, loss_fn, device) -> dict:
+    """The CUDA peak of one training step above what is allocated right before it. Every model of
+    the benchmark stays on the GPU with its optimizer state, so the absolute peak would count them
+    all; the difference is this model's activations, gradients and workspace only."""
+    # A first step, not measured: cuDNN's benchmark trials and Adam's lazily created state belong
+    # to no steady-state step.
+    engine.train_step(model, xx, y, loss_fn, opt, compute)
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    engine.train_step(model, xx, y, loss_fn, opt, compute)
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    model.zero_grad(set_to_none=True)     # freed: the next model's baseline holds none of these gradients
+    return {"bytes": peak, "measure": MEASURES["cuda"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,13 +361,17 @@ def bench_data(args, device: torch.device, compute: engine.Compute) -> dict:
 # Report
 # --------------------------------------------------------------------------------------------
 
-def machine(device: torch.device) -> dict:
-    """Where the numbers come from."""
+def machine(device: torch.device, amp: str = "off") -> dict:
+    """Where the numbers come from (on CUDA also the CUDA and cuDNN versions and the autocast dtype,
+    which change the kernels that run)."""
     info = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "unetq": __version__,
             "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
+        dtype = engine.AMP_DTYPES[amp]
+        info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(),
+                    amp_dtype=str(dtype).replace("torch.", "") if dtype is not None else "float32 (amp off)")
     return info
 
 
@@ -379,8 +407,10 @@ def targets(report: dict) -> list[dict]:
 def format_report(report: dict) -> str:
     """The readable table printed at the end of a run."""
     m = report["machine"]
-    lines = [f"unetq.bench | {report['date']} | torch {m['torch']} | {m['device']} ({m.get('device_name', m['processor'])}),"
-             f" {m['torch_threads']} threads | load {report['load_before']} -> {report['load_after']}",
+    cuda = f" (CUDA {m['cuda']}, cuDNN {m['cudnn']}, autocast {m['amp_dtype']})" if "cuda" in m else ""
+    lines = [f"unetq.bench | {report['date']} | torch {m['torch']}{cuda} | {m['device']} "
+             f"({m.get('device_name', m['processor'])}), {m['torch_threads']} threads | "
+             f"load {report['load_before']} -> {report['load_after']}",
              f"batch {report['settings']['batch']} at {report['settings']['size']}x{report['settings']['size']}, "
              f"amp {report['settings']['amp']}, layout {report['settings']['layout']}, "
              f"median of {report['settings']['reps']} after {report['settings']['warmup']} warm-up; "
@@ -392,12 +422,16 @@ def format_report(report: dict) -> str:
             lines.append(f"{q['quantizer']:22s} {q['role']:11s} {q['elements'] / 1e6:9.2f}M {q['ratio']:8.2f} "
                          f"{q['cpu_ratio']:6.2f} {q['fwd_ratio']:6.2f} {q['elements_per_s'] / 1e6:9.1f}"
                          + ("" if q["target"] else "  (info: call overhead)"))
+        measure = r["memory"]["normal"]["measure"]
         lines.append(f"{'model':12s} {'step s':>8s} {'x Normal':>9s} {'cpu':>6s} {'infer s':>8s} {'x Normal':>9s} "
-                     f"{'cpu':>6s} {'mem MB':>8s} {'x Normal':>9s}")
+                     f"{'cpu':>6s} {'saved MB' if measure == MEASURES['cpu'] else 'peak MB':>8s} {'x Normal':>9s}")
         for name, t in r["train_step"].items():
             i, mem = r["inference"][name], r["memory"][name]
             lines.append(f"{name:12s} {t['s']:8.3f} {t['ratio']:9.3f} {t['cpu_ratio']:6.3f} {i['s']:8.3f} "
                          f"{i['ratio']:9.3f} {i['cpu_ratio']:6.3f} {mem['bytes'] / 2**20:8.1f} {mem['ratio']:9.3f}")
+        lines.append(f"memory: {measure} of one training step"
+                     + (" (bytes kept for the backward pass; not a process peak)" if measure == MEASURES["cpu"]
+                        else " (peak allocated above the allocation right before the step)"))
         d = r["data"]
         lines.append(f"data: {d['data_s_per_epoch']:.4f} s per epoch ({d['batches']} batches, {d['source']}, "
                      f"{d['num_workers']} workers) = {d['ratio']:.4f} x the {d['compute_s_per_epoch']:.2f} s of Normal "
@@ -429,7 +463,7 @@ def _run(args) -> dict:
     compute = engine.compute_for(args.amp, device)
     dtype = compute.dtype or torch.float32
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m unetq.bench " + " ".join(args.argv),
-              "machine": machine(device), "load_before": _load(),
+              "machine": machine(device, args.amp), "load_before": _load(),
               "settings": {"widths": args.widths, "batch": args.batch, "size": args.size, "reps": args.reps,
                            "warmup": args.warmup, "amp": args.amp, "quick": args.quick,
                            "layout": "channels_last" if compute.memory_format == torch.channels_last else "nchw",

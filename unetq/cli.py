@@ -55,7 +55,11 @@ def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[s
         overrides = parse_overrides(args.override)
         cfg = load(args.file, args.type, overrides, extra_fields=getattr(base, "FIELDS", ()),
                    recipe=recipe, dataset=dataset)
-        return _run(cfg, base, echo=not args.quiet)
+        with interrupts_from_signals():
+            return _run(cfg, base, echo=not args.quiet)
+    except KeyboardInterrupt:   # before the run folder exists (start-up); later ones are handled in _run_in
+        print("error: interrupted while the run was starting; no epoch was trained", file=sys.stderr)
+        return 130
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -66,6 +70,7 @@ def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[s
 
 def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
     device, notice = engine.select_device(cfg)
+    _check_sync_bn(cfg, device)
     world = distributed.setup(use_cuda=device.type == "cuda")
     try:
         return _run_in(cfg, base, echo, device, notice, world)
@@ -86,16 +91,30 @@ def _run_in(cfg: Config, base: ModuleType, echo: bool, device: torch.device, not
     model = build_model(cfg)
     notes = [notice] if notice else []
     if ckpt is not None:
-        notes += checkpoint.load_into(model, ckpt["model"], _ckpt_path(cfg, run_dir), ckpt["config"], cfg.to_dict())
+        path = _ckpt_path(cfg, run_dir)
+        notes += checkpoint.load_into(model, ckpt["model"], path, ckpt["config"], cfg.to_dict())
+        notes.append(f"checkpoint: {path.resolve()} (epoch {ckpt.get('epoch', '?')}, best dice "
+                     f"{ckpt.get('best_dice', '?')} at epoch {ckpt.get('best_epoch', '?')})")
     compute = engine.compute_for(cfg.amp, device)
     model.to(device, memory_format=compute.memory_format)
     data = None if mode == "visualize" else base.build_datasets(cfg)
-    folder = None
+    folder = failure = None
     if world.is_main:
-        check_writable(run_dir, needed_bytes=_space_needed(model, mode))
-        # Everything is validated: only now is anything written.
-        folder = _output_folder(cfg, run_dir, notes)
-    folder = distributed.share(folder, world)
+        try:
+            check_writable(run_dir, needed_bytes=_space_needed(model, mode))
+            # Everything is validated: only now is anything written.
+            folder = _output_folder(cfg, run_dir, notes)
+        except Exception as err:
+            if not world.active:
+                raise
+            failure = err
+    # The other ranks wait here for rank 0's folder; when rank 0 could not make it they get its reason
+    # instead and stop with the same line (rather than a traceback from a broken broadcast).
+    folder, reason = distributed.share((folder, _reason(failure)), world)
+    if failure is not None:
+        raise failure
+    if reason is not None:
+        raise ConfigError(reason)
     log = RunLog(folder, echo=echo and world.is_main, enabled=world.is_main)
     net = engine.wrap_for_training(model, world, device, cfg.sync_bn) if mode in TRAINING else model
     run = Run(cfg, model, device, data, log, compute, world, net)
@@ -118,9 +137,28 @@ def _check_world(cfg: Config, world: distributed.World) -> None:
     if cfg.batch_size % world.size:
         raise ConfigError(f"{cfg.source}: key 'batch_size': {cfg.batch_size} cannot be shared evenly by "
                           f"{world.size} processes (batch_size is the global batch); use a multiple of {world.size}")
-    if cfg.sync_bn and not torch.cuda.is_available():
-        raise ConfigError(f"{cfg.source}: key 'sync_bn': SyncBatchNorm needs CUDA GPUs; set sync_bn: false "
-                          f"for multi-process training on the CPU")
+
+
+def _check_sync_bn(cfg: Config, device: torch.device) -> None:
+    """SyncBatchNorm computes on CUDA only: refuse it when this run's device is not CUDA (device: cpu,
+    or no usable GPU), whatever the machine has and however many processes run, before any starts
+    (it would otherwise fail at the first forward pass)."""
+    if cfg.sync_bn and device.type != "cuda":
+        why = "device: cpu" if cfg.device == "cpu" else f"device: {cfg.device}, and no usable CUDA GPU was found"
+        raise ConfigError(f"{cfg.source}: key 'sync_bn': SyncBatchNorm needs a CUDA device, but this run's "
+                          f"device is {device} ({why}); set sync_bn: false to train on the CPU")
+
+
+def _reason(err: BaseException | None) -> str | None:
+    """The line :func:`run_script` prints for ``err`` (without "error: "), for the ranks that did not
+    see it; None without an error."""
+    if err is None:
+        return None
+    if isinstance(err, USER_ERRORS):
+        return str(err)
+    if isinstance(err, OSError):
+        return f"{err.filename or ''}: {err.strerror or err}"
+    return f"rank 0 stopped before training: {type(err).__name__}: {err}"
 
 
 def _stopped(run: Run, err: BaseException) -> int:
@@ -198,7 +236,9 @@ def check_writable(folder: Path, needed_bytes: int = 0) -> None:
 
 
 def _ckpt_path(cfg: Config, run_dir: Path) -> Path:
-    if cfg.operation_mode == "resume" and cfg.trained_model is None:
+    """Resume always continues the run's own ``last.pt``: a retrain run keeps ``trained_model`` set to
+    its source, and resuming from that would mix two runs in one folder."""
+    if cfg.operation_mode == "resume":
         return run_dir / "last.pt"
     return cfg.path("trained_model")
 
@@ -208,23 +248,48 @@ def _checkpoint_for(cfg: Config, run_dir: Path) -> dict | None:
     if cfg.operation_mode == "normal":
         return None
     path = _ckpt_path(cfg, run_dir)
+    if cfg.operation_mode == "resume" and not path.is_file():
+        raise CheckpointError(f"{path}: no last.pt to resume from (resume continues the run "
+                              f"{cfg.experiment_name!r} in {run_dir.parent}; check experiment_name and log_output_dir)")
     ckpt = checkpoint.load(path)
-    if cfg.operation_mode == "resume" and not {"optimizer", "epoch"} <= set(ckpt):
-        raise CheckpointError(f"{path}: not a resumable checkpoint (it has no optimizer state); resume from the "
-                              f"run's last.pt")
+    if cfg.operation_mode == "resume":
+        _check_resumable(ckpt, path, cfg)
     return ckpt
+
+
+# Keys a resumed run may change: where and how fast it runs, and how far it goes.
+RESUME_MAY_CHANGE = ("operation_mode", "trained_model", "num_epochs", "device", "gpu_core_num", "num_workers",
+                     "overlay_every", "log_output_dir")
+
+
+def _check_resumable(ckpt: dict, path: Path, cfg: Config) -> None:
+    """A last.pt from a file on disk is not trusted: its bookkeeping must have the right types, and the
+    config must be the one it was trained with (anything else would not continue the same run)."""
+    kinds = {"epoch": int, "best_epoch": int, "best_dice": (int, float), "optimizer": dict, "rng": dict}
+    for key, kind in kinds.items():
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            raise CheckpointError(f"{path}: not a resumable checkpoint (its {key!r} is missing or not a "
+                                  f"{getattr(kind, '__name__', 'number')}); resume from a last.pt written by a run")
+    old, new = ckpt.get("config") or {}, cfg.to_dict()
+    differs = [f"{k}: run {old.get(k)!r}, now {new.get(k)!r}" for k in new
+               if k not in RESUME_MAY_CHANGE and k in old and old[k] != new[k]]
+    if differs:
+        raise CheckpointError(f"{path}: resume must continue the run as it was configured, but {'; '.join(differs[:3])}"
+                              f"{f' (+{len(differs) - 3} more)' if len(differs) > 3 else ''}; undo the change, or start "
+                              f"a new run with operation_mode: retrain")
 
 
 def _output_folder(cfg: Config, run_dir: Path, notes: list) -> Path:
     mode = cfg.operation_mode
-    if mode in ("inference", "visualize"):
-        return sub_folder(run_dir, mode)
     if mode == "resume":
         return run_dir
-    folder, notice = fresh_folder(run_dir)
-    if notice:
-        notes.append(f"notice: {notice}")
-    with open(folder / CONFIG_NAME, "w", encoding="utf-8") as fh:
+    if mode in ("inference", "visualize"):
+        folder = sub_folder(run_dir, mode)
+    else:
+        folder, notice = fresh_folder(run_dir)
+        if notice:
+            notes.append(f"notice: {notice}")
+    with open(folder / CONFIG_NAME, "w", encoding="utf-8") as fh:      # the resolved config, every mode
         yaml.safe_dump({cfg.section: cfg.to_dict()}, fh, sort_keys=False)
     return folder
 
@@ -247,8 +312,15 @@ def _resume(run: Run, ckpt: dict) -> dict:
         run.log.line(f"resume: the run already finished its {run.cfg.num_epochs} epochs; nothing to do")
         return {"best_dice": ckpt.get("best_dice"), "best_epoch": ckpt.get("best_epoch")}
     optimizer = torch.optim.Adam(run.net.parameters(), lr=run.cfg.lr)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    engine.restore_rng(ckpt.get("rng", {}))
+    path = run.log.folder / "last.pt"
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        engine.restore_rng(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its optimizer or random state does not fit this run "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'no detail'})") from None
+    # the interrupt message reads epochs_done: a resumed run starts where its checkpoint is
+    run.log.update_summary(epochs_done=epoch, best_dice=float(ckpt["best_dice"]), best_epoch=int(ckpt["best_epoch"]))
     history = _trim_metrics(run.log.folder / METRICS_NAME, epoch) if run.world.is_main else []
     run.log.line(f"resume: continuing after epoch {epoch} (best {ckpt['best_dice']:.2f} at epoch {ckpt['best_epoch']})")
     return engine.train(run, start_epoch=epoch + 1, best=(float(ckpt["best_dice"]), int(ckpt["best_epoch"])),

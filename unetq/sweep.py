@@ -1,34 +1,49 @@
 """Run many experiment folders (a whole paper table) with one command, then build the results table.
 
     python -m unetq.sweep em gm/a6_0_w0_4 [--only 'a6_*,BNN'] [--jobs N] [-o key=value ...]
-                          [--force] [--results results/] [--slurm job.sh]
+                          [--force] [--results results/] [--slurm job.sh [--python PY]]
 
 FOLDERS are experiment folders (holding config.yaml and a BASE script link) or folders of them
 (em/, gm/, nih/). Each runs its own script as a separate process, as a user would
 (``python em_unet.py -f config.yaml -t UNET -o ...``), sequentially or ``--jobs`` at a time; with
-several GPUs each job gets its own (CUDA_VISIBLE_DEVICES). A folder whose run is already complete
-is skipped (``--force`` reruns it; an earlier run is then kept as a backup by the engine). A failing
-folder does not stop the sweep: failures are listed at the end and the exit status is 1.
-``--slurm FILE`` writes a SLURM job-array script for the selected folders instead of running them.
+several GPUs each job gets its own (CUDA_VISIBLE_DEVICES, taken from the inherited list under
+SLURM); on the CPU each of N parallel jobs gets cores / N threads (OMP_NUM_THREADS, unless set).
+A folder whose run is already complete with the same settings (its recorded config.yaml against the
+config after ``-o`` overrides) is skipped; with other settings it runs again, and ``--force`` reruns
+it anyway (the engine keeps the earlier run as a backup). Two folders that would write to the same
+run folder are refused before anything runs. A failing folder does not stop the sweep: failures are
+listed at the end and the exit status is 1. ``--results DIR`` then builds the results table of every
+selected folder (a folder without a run is a "no run" row). ``--slurm FILE`` writes a SLURM
+job-array script for the selected folders instead of running them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
+import queue
+import shlex
 import subprocess
 import sys
 import time
-import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from .config import ConfigError, parse_overrides, read_yaml
-from .runlog import SUMMARY_NAME
+from .config import ConfigError, load, parse_overrides, read_yaml
+from .paths import base_module
+from .runlog import CONFIG_NAME, SUMMARY_NAME
+
+# Config keys that do not change what a run computes: a complete run that differs from the
+# sweep's settings only in these is still skipped. (experiment_name and log_output_dir place the
+# run folder, so they are equal by construction; operation_mode is not rewritten by a resume.)
+NOT_COMPARED = frozenset({"num_workers", "device", "gpu_core_num", "log_output_dir", "overlay_every",
+                          "experiment_name", "operation_mode"})
+
 
 @dataclass
 class Job:
@@ -37,6 +52,7 @@ class Job:
     folder: Path
     script: str
     run_dir: Path
+    settings: dict | None = None      # the resolved config after overrides; None if it does not validate
 
     @property
     def name(self) -> str:
@@ -50,13 +66,17 @@ class Job:
 
 def find_experiments(paths: Sequence[Path], only: str | None = None) -> list[Path]:
     """Experiment folders under ``paths`` (a folder with a config.yaml and a ``*_unet.py`` script),
-    optionally filtered by comma-separated glob patterns on the folder name."""
-    found = []
+    optionally filtered by comma-separated glob patterns on the folder name. A folder given twice
+    (``em em/a6_0_w0_4``) is kept once."""
+    found, seen = [], set()
     for path in map(Path, paths):
         if not path.is_dir():
             raise ConfigError(f"{path}: not a folder")
         candidates = [path] if (path / "config.yaml").is_file() else sorted(p for p in path.iterdir() if p.is_dir())
-        found += [c for c in candidates if (c / "config.yaml").is_file() and _script(c)]
+        for c in candidates:
+            if (c / "config.yaml").is_file() and _script(c) and c.resolve() not in seen:
+                seen.add(c.resolve())
+                found.append(c)
     if only:
         patterns = [p.strip() for p in only.split(",") if p.strip()]
         found = [f for f in found if any(fnmatch.fnmatch(f.name, p) for p in patterns)]
@@ -69,32 +89,137 @@ def _script(folder: Path) -> str | None:
 
 
 def make_job(folder: Path, overrides: dict, section: str = "UNET") -> Job:
-    """Where the folder's run will write (its experiment_name / log_output_dir, after overrides)."""
+    """Where the folder's run will write (its experiment_name / log_output_dir, after overrides) and
+    the settings it will run with, resolved as its script resolves them."""
+    script = _script(folder)
+    try:
+        cfg = resolve(folder, script, overrides, section)
+    except ConfigError:     # the run itself will report it (and fail) like any other failing folder
+        cfg = None
+    if cfg is not None:
+        return Job(folder, script, cfg.path("log_output_dir") / cfg.experiment_name, cfg.to_dict())
     data = read_yaml(folder / "config.yaml")
     keys = dict(data.get(section) or {}) if isinstance(data, dict) else {}
     keys.update(overrides)
     name = keys.get("experiment_name") or folder.resolve().name
     out = Path(str(keys.get("log_output_dir") or "runs")).expanduser()
     run_dir = (out if out.is_absolute() else folder / out) / str(name)
-    return Job(folder, _script(folder), run_dir)
+    return Job(folder, script, run_dir)
+
+
+def resolve(folder: Path, script: str, overrides: Mapping, section: str = "UNET"):
+    """The folder's config after ``overrides``, validated with its BASE's keys and recipe, as the
+    run's own script would (:func:`unetq.config.load`); raises ConfigError."""
+    real = (folder / script).resolve()
+    dataset, recipe = script_recipe(real)
+    try:
+        fields = getattr(base_module(real.parent), "FIELDS", ())
+    except (OSError, ImportError, SyntaxError) as err:
+        raise ConfigError(f"{real.parent}/datasets.py: cannot load it ({err})") from None
+    return load(folder / "config.yaml", section, overrides, extra_fields=fields, recipe=recipe, dataset=dataset)
+
+
+def script_recipe(script: Path) -> tuple[str | None, dict]:
+    """(dataset, RECIPE) of a BASE script, read from its source without running it: the literal
+    ``RECIPE = {...}`` and the first argument of its ``run_script("em", datasets, RECIPE)`` call."""
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{script}: cannot read the script ({err})") from None
+    dataset, recipe = None, {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RECIPE" for t in node.targets):
+            try:
+                recipe = ast.literal_eval(node.value)
+            except ValueError:
+                raise ConfigError(f"{script}: RECIPE is not a literal dict") from None
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run_script" and node.args
+              and isinstance(node.args[0], ast.Constant)):
+            dataset = node.args[0].value
+    return dataset, recipe
 
 
 def is_complete(job: Job) -> bool:
     """True when the folder's run finished all its epochs (summary.json says so)."""
-    try:
-        summary = json.loads((job.run_dir / SUMMARY_NAME).read_text())
-    except (OSError, ValueError):
-        return False
+    summary = _summary(job)
     return summary.get("status") == "complete" and summary.get("mode") in ("normal", "retrain", "resume")
 
 
-def run_job(job: Job, override_args: list[str], gpus: queue.Queue | None, section: str) -> tuple[Job, int, float]:
-    """Run one experiment as a child process (on a GPU of its own taken from ``gpus``, if given);
-    its output goes to :attr:`Job.log`."""
-    env = dict(os.environ)
+def _summary(job: Job) -> dict:
+    try:
+        summary = json.loads((job.run_dir / SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def changed_settings(job: Job) -> list[str]:
+    """What differs between the settings the complete run recorded (its config.yaml) and the ones
+    the sweep would run it with, as ``key old -> new`` (keys in :data:`NOT_COMPARED` aside; a key
+    the recorded config lacks, from older code, is not compared)."""
+    if job.settings is None:
+        return ["the config does not validate now"]
+    try:
+        data = read_yaml(job.run_dir / CONFIG_NAME)
+    except ConfigError:
+        return [f"no readable {CONFIG_NAME} in the run folder"]
+    recorded = next(iter(data.values()), None) if isinstance(data, dict) and len(data) == 1 else None
+    if not isinstance(recorded, dict):
+        return [f"{CONFIG_NAME} of the run holds no config section"]
+    # a resume may have extended the run: summary.json records the epochs it last trained to
+    recorded = {**recorded, "num_epochs": _summary(job).get("num_epochs", recorded.get("num_epochs"))}
+    return [f"{key} {recorded[key]!r} -> {value!r}" for key, value in job.settings.items()
+            if key not in NOT_COMPARED and key in recorded and recorded[key] != value]
+
+
+def check_distinct(jobs: Sequence[Job]) -> None:
+    """Refuse (ConfigError) two experiments that would write to the same run folder or sweep log:
+    they would overwrite each other's outputs (e.g. ``-o log_output_dir=/abs`` over em/ and gm/)."""
+    seen: dict[tuple[str, Path], Job] = {}
+    for job in jobs:
+        for what, path in (("run folder", job.run_dir), ("sweep log", job.log)):
+            other = seen.setdefault((what, path.resolve()), job)
+            if other is not job:
+                raise ConfigError(f"{other.name} and {job.name} would both write to the {what} {path}; give "
+                                  f"them distinct experiment_name or log_output_dir (a relative one, e.g. -o "
+                                  f"log_output_dir=runs_w16, stays inside each experiment folder), or sweep "
+                                  f"them separately")
+
+
+def gpu_ids(count: int, inherited: str | None) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value for each GPU slot: slot k is the k-th GPU this process sees,
+    i.e. the k-th entry of an inherited CUDA_VISIBLE_DEVICES (SLURM gives e.g. "4,5": slot 0 is
+    GPU 4, not the machine's GPU 0), or plain k when none is set."""
+    if not inherited or not inherited.strip():
+        return [str(k) for k in range(count)]
+    visible = [v.strip() for v in inherited.split(",") if v.strip()]
+    return visible[:count]
+
+
+def cpu_threads(cores: int, n_parallel: int, env: Mapping[str, str]) -> str | None:
+    """OMP_NUM_THREADS for each of ``n_parallel`` CPU runs sharing ``cores``: its share, so that the
+    runs do not each start one thread per core and slow each other down. None when one run goes
+    at a time or the user chose OMP_NUM_THREADS."""
+    if n_parallel <= 1 or env.get("OMP_NUM_THREADS"):
+        return None
+    return str(max(1, cores // n_parallel))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))      # the cores this job may use (SLURM, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_job(job: Job, override_args: list[str], gpus: queue.Queue | None, section: str,
+            extra_env: Mapping[str, str] | None = None) -> tuple[Job, int, float]:
+    """Run one experiment as a child process (on a GPU of its own taken from ``gpus``, if given,
+    with ``extra_env`` added to its environment); its output goes to :attr:`Job.log`."""
+    env = {**os.environ, **(extra_env or {})}
     gpu = gpus.get() if gpus is not None else None
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     cmd = [sys.executable, job.script, "-f", "config.yaml", "-t", section, "-q"]
     if override_args:
         cmd += ["-o", *override_args]
@@ -134,16 +259,23 @@ def _gpu_count() -> int:
 
 def run_all(jobs: list[Job], override_args: list[str], n_parallel: int, section: str) -> list[tuple[Job, str]]:
     """Run ``jobs`` n at a time (one GPU each when several are present); returns the failures."""
-    n_parallel = max(1, n_parallel)
-    gpus = None
-    if _gpu_count() > 1:
+    n_parallel = max(1, min(n_parallel, len(jobs)))
+    gpus, extra_env = None, {}
+    count = _gpu_count()
+    if count > 1:
         gpus = queue.Queue()
-        for index in range(_gpu_count()):
-            gpus.put(index)
-        n_parallel = min(n_parallel, _gpu_count())
+        for gpu in gpu_ids(count, os.environ.get("CUDA_VISIBLE_DEVICES")):
+            gpus.put(gpu)
+        n_parallel = min(n_parallel, gpus.qsize())
+    elif count == 0:
+        threads = cpu_threads(_cores(), n_parallel, os.environ)
+        if threads:
+            extra_env["OMP_NUM_THREADS"] = threads
+            print(f"[sweep] {n_parallel} runs at a time on the CPU: {threads} thread(s) each "
+                  f"(OMP_NUM_THREADS; set it to choose)", flush=True)
     failures = []
     with ThreadPoolExecutor(max_workers=n_parallel) as pool:
-        futures = [pool.submit(run_job, job, override_args, gpus, section) for job in jobs]
+        futures = [pool.submit(run_job, job, override_args, gpus, section, extra_env) for job in jobs]
         for future in futures:
             job, code, seconds = future.result()
             status = "ok" if code == 0 else f"FAILED (exit {code})"
@@ -153,11 +285,51 @@ def run_all(jobs: list[Job], override_args: list[str], n_parallel: int, section:
     return failures
 
 
-def slurm_script(jobs: list[Job], override_args: list[str], section: str, python: str = "python") -> str:
-    """A SLURM job-array script running one selected folder per array task (one GPU each)."""
-    folders = "\n".join(f"  {str(j.folder.resolve())!r}" for j in jobs)
-    scripts = "\n".join(f"  {j.script!r}" for j in jobs)
-    extra = (" -o " + " ".join(repr(a) for a in override_args)) if override_args else ""
+def plan(jobs: Sequence[Job], force: bool) -> list[Job]:
+    """The jobs to run, saying why each complete run is skipped or run again."""
+    todo = []
+    for job in jobs:
+        if not is_complete(job):
+            todo.append(job)
+            continue
+        changes = [] if force else changed_settings(job)
+        if not force and not changes:
+            print(f"[sweep] {job.name}: complete, skipped ({job.run_dir})")
+            continue
+        why = "--force" if force else f"its complete run has other settings ({'; '.join(changes)})"
+        print(f"[sweep] {job.name}: {why}: running again (the earlier run is kept as a backup)")
+        todo.append(job)
+    return todo
+
+
+def results_folders(jobs: Sequence[Job]) -> list[str]:
+    """What ``unetq.results`` reads for these jobs: every experiment folder (it finds the runs inside;
+    a folder without one becomes a "no run" row), plus each existing run folder that lies outside
+    its experiment folder (an absolute log_output_dir)."""
+    folders = [str(j.folder) for j in jobs]
+    for j in jobs:
+        outside = j.folder.resolve() not in j.run_dir.resolve().parents
+        if outside and j.run_dir.is_dir() and str(j.run_dir) not in folders:
+            folders.append(str(j.run_dir))
+    return folders
+
+
+def write_results(jobs: Sequence[Job], out: str) -> bool:
+    """Build the results table of ``jobs`` in ``out`` (python -m unetq.results); False when it failed."""
+    code = subprocess.call([sys.executable, "-m", "unetq.results", *results_folders(jobs), "--out", out])
+    if code != 0:
+        print(f"[sweep] the results table was not built (python -m unetq.results: exit {code}, see its error "
+              f"above)", file=sys.stderr)
+    return code == 0
+
+
+def slurm_script(jobs: list[Job], override_args: list[str], section: str, python: str | None = None) -> str:
+    """A SLURM job-array script running one selected folder per array task (one GPU each), with
+    ``python`` (default: the interpreter running the sweep, so the same environment)."""
+    q = shlex.quote
+    folders = "\n".join(f"  {q(str(j.folder.resolve()))}" for j in jobs)
+    scripts = "\n".join(f"  {q(j.script)}" for j in jobs)
+    extra = (" -o " + " ".join(q(a) for a in override_args)) if override_args else ""
     return f"""#!/bin/bash
 # Written by `python -m unetq.sweep --slurm`: one array task per experiment folder.
 #SBATCH --job-name=unetq-sweep
@@ -174,7 +346,7 @@ SCRIPTS=(
 {scripts}
 )
 cd "${{FOLDERS[$SLURM_ARRAY_TASK_ID]}}"
-{python} "${{SCRIPTS[$SLURM_ARRAY_TASK_ID]}}" -f config.yaml -t {section} -q{extra}
+{q(python or sys.executable)} "${{SCRIPTS[$SLURM_ARRAY_TASK_ID]}}" -f config.yaml -t {q(section)} -q{extra}
 """
 
 
@@ -189,10 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun folders whose run is complete")
     parser.add_argument("--results", metavar="DIR", help="write the results table here afterwards")
     parser.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script instead of running")
+    parser.add_argument("--python", metavar="PY", help="with --slurm: the Python the array tasks run "
+                                                       "(default: the one running the sweep)")
     args = parser.parse_intermixed_args(argv)
     try:
         overrides = parse_overrides(args.override)
         jobs = [make_job(f, overrides, args.type) for f in find_experiments(args.folders, args.only)]
+        check_distinct(jobs)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -200,23 +375,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no experiment folders found (a folder with config.yaml and its *_unet.py link)", file=sys.stderr)
         return 2
     if args.slurm:
-        Path(args.slurm).write_text(slurm_script(jobs, args.override, args.type), encoding="utf-8")
+        Path(args.slurm).write_text(slurm_script(jobs, args.override, args.type, args.python), encoding="utf-8")
         print(f"wrote {args.slurm}: a job array of {len(jobs)} runs (submit with: sbatch {args.slurm})")
         return 0
-    todo = [j for j in jobs if args.force or not is_complete(j)]
-    for job in jobs:
-        if job not in todo:
-            print(f"[sweep] {job.name}: complete, skipped ({job.run_dir})")
-    failures = run_all(todo, args.override, args.jobs, args.type)
-    if args.results:
-        subprocess.call([sys.executable, "-m", "unetq.results", *[str(j.run_dir) for j in jobs], "--out", args.results])
+    todo = plan(jobs, args.force)
+    failures = run_all(todo, args.override, args.jobs, args.type) if todo else []
+    table_ok = write_results(jobs, args.results) if args.results else True
     if failures:
         print(f"[sweep] {len(failures)} of {len(todo)} runs failed:", file=sys.stderr)
         for job, reason in failures:
             print(f"  {job.name}: {reason}  (log: {job.log})", file=sys.stderr)
         return 1
     print(f"[sweep] {len(todo)} run(s) done, {len(jobs) - len(todo)} skipped")
-    return 0
+    return 0 if table_ok else 1
 
 
 if __name__ == "__main__":
