@@ -86,10 +86,17 @@ def test_non_utf8_and_missing_file(tmp_path, capsys):
 def test_overrides_are_validated_like_the_file(tmp_path, capsys):
     code, err = run_cli(tmp_path, GOOD, capsys, ["-o", "num_epochs=zero"])
     assert code == 2 and "key 'num_epochs': 'zero' is not an integer" in err
+    assert err.startswith("error: -o override (on ")          # the override is named, not the good file
     code, err = run_cli(tmp_path, GOOD, capsys, ["-o", "base_width16"])
     assert code == 2 and "'base_width16' is not of the form key=value" in err
     assert parse_overrides(["num_epochs=2", "base_width=16", "dropout=true", "lr=1e-3"]) == \
         {"num_epochs": 2, "base_width": 16, "dropout": True, "lr": "1e-3"}
+
+
+def test_an_override_in_another_case_replaces_the_file_key(tmp_path):
+    path = write_config(tmp_path, {**GOOD, "lr": 1e-3})
+    cfg = load(path, "UNET", parse_overrides(["LR=0.01"]), extra_fields=EM.FIELDS, dataset="em")
+    assert cfg.lr == 0.01
 
 
 def test_values_are_case_insensitive_and_typed(tmp_path):

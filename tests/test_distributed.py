@@ -140,3 +140,20 @@ def test_sync_bn_is_refused_when_the_run_is_not_on_cuda(device, tmp_path, monkey
     assert err == (f"error: {tmp_path / 'config.yaml'}: key 'sync_bn': SyncBatchNorm needs a CUDA device, but "
                    f"this run's device is cpu ({why}); set sync_bn: false to train on the CPU\n")
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize("base, script, section", [
+    ("GM_BASE", "gmchallenge_unet.py", {"dataset": "gm", "sites": "1", "phantom_slices": 4, "crop_size": 32,
+                                        "resample_mm": 0, "train_subjects": "1-2", "val_subjects": "9"}),
+    ("NIH_BASE", "nih_unet.py", {"dataset": "nih", "phantom_patients": 4, "crop_height": 32, "crop_width": 48}),
+])
+def test_torchrun_runs_the_gm_and_nih_scripts_too(tmp_path, base, script, section):
+    cfg = {**section, "num_epochs": 1, "base_width": 4, "batch_size": 2, "val_batch_size": 2, "overlay_every": 0,
+           "experiment_name": "x", "threshold": 0.5}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"UNET": cfg}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(PROJECT_ROOT / base / script), "-f", "config.yaml", "-q"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["x"]
+    assert len(rows(tmp_path / "runs/x/metrics.csv")) == 1 and "x 2 processes" in (tmp_path / "runs/x/log.txt").read_text()

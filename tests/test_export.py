@@ -82,9 +82,10 @@ def test_requantizing_a_carry_is_not_a_no_op():
     assert m == 8.9375 and float(fixed_point(torch.tensor([m]), 4, 4, "pow2")) == 8.0
 
 
-def test_q04_file_is_within_1_percent_of_the_exact_bit_count(tmp_path):
+@pytest.mark.parametrize("kind, bits", [("fixed-paper", 6), ("fixed-saturating", 5)])
+def test_q04_file_is_within_1_percent_of_the_exact_bit_count(tmp_path, kind, bits):
     torch.manual_seed(0)
-    model = build_model({**KINDS["fixed-paper"], "base_width": 64})
+    model = build_model({**KINDS[kind], "base_width": 64})
     path = tmp_path / "a6w04.uqp"
     export.save_packed(model, path)
     state = model.state_dict()
@@ -92,8 +93,9 @@ def test_q04_file_is_within_1_percent_of_the_exact_bit_count(tmp_path):
     n_q = sum(state[k].numel() for k in quantized)
     n_float = sum(v.numel() for k, v in state.items() if k not in quantized and v.is_floating_point())
     n_counters = sum(v.numel() for v in state.values() if not v.is_floating_point())
-    # paper mode Q0.4: sign + magnitude codes 0..16 = 6 bits; float32 everything else; int64 counters
-    theory = math.ceil(n_q * 6 / 8) + 4 * n_float + 8 * n_counters
+    # Q0.4: sign + magnitude codes 0..16 (paper mode's carry) = 6 bits, 0..15 (saturating) = 5 = 1 + i + f;
+    # float32 everything else; int64 counters
+    theory = math.ceil(n_q * bits / 8) + 4 * n_float + 8 * n_counters
     assert n_q == 4_792_320 and export.theoretical_bytes(model) == pytest.approx(theory, abs=12)
     size = path.stat().st_size
     assert theory <= size <= 1.01 * theory
@@ -109,8 +111,9 @@ def test_file_is_plain_json_header_and_bytes(tmp_path):
     header = json.loads(data[16:16 + size])
     assert data[:8] == b"UNETQPK1" and header["format"] == "unetq-packed" and header["source"] == {"note": "test"}
     entry = next(t for t in header["tensors"] if t["name"] == "enc2.conv1.weight")
-    assert (entry["encoding"], entry["width"], entry["format"]) == ("fixed", 6, {"kind": "fixed", "i": 0, "f": 4,
-                                                                                "mode": "paper"})
+    assert (entry["encoding"], entry["width"], entry["format"]) == ("fixed", 6, {
+        "kind": "fixed", "i": 0, "f": 4, "mode": "paper", "sign": export.SIGN_CONVENTION["fixed"]})
+    assert entry["format"]["sign"].startswith("sign-magnitude: top bit")
     assert header["model"]["base_width"] == 4 and header["model"]["quantization"] == "fixed"
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)                  # not a pickle / torch file

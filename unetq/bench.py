@@ -66,6 +66,7 @@ TRAIN_IMAGES = 25         # EM: 30 sections, the last 5 validate
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The benchmark's command line (see ``--help``)."""
     p = argparse.ArgumentParser(prog="python -m unetq.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run: widths 4 and 2, 32x32, batch 2")
     p.add_argument("--widths", type=_int_list, help="base widths (default 64,16)")

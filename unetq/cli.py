@@ -38,6 +38,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
 
 
 def parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
+    """The command line of every BASE script: -f config.yaml, -t section, -o key=value ..., -q."""
     parser = argparse.ArgumentParser(prog=prog, description="Train / evaluate / visualize a quantized U-Net.")
     parser.add_argument("-f", "--file", required=True, help="the experiment's config.yaml")
     parser.add_argument("-t", "--type", default="UNET", help="section of the YAML to use (default UNET)")

@@ -208,6 +208,7 @@ class Config:
         return self._values[name]
 
     def get(self, name: str, default: Any = None) -> Any:
+        """The value of key ``name`` (``default`` if the config has no such key)."""
         return self._values.get(name, default)
 
     def to_dict(self) -> dict:
@@ -385,9 +386,20 @@ def load(path: Path | str, section: str, overrides: Mapping[str, Any] | None = N
     raw = data[section]
     if raw is None:
         raw = {}
-    if isinstance(raw, dict) and overrides:
-        raw = {**raw, **overrides}
-    return validate(raw, source=path, section=section, **kwargs)
+    if not (isinstance(raw, dict) and overrides):
+        return validate(raw, source=path, section=section, **kwargs)
+    given = {str(k).lower() for k in overrides}           # -o LR=0.01 replaces the file's lr
+    merged = {**{k: v for k, v in raw.items() if str(k).lower() not in given}, **overrides}
+    try:
+        return validate(merged, source=path, section=section, **kwargs)
+    except ConfigError as err:
+        try:
+            validate(raw, source=path, section=section, **kwargs)
+        except ConfigError:
+            raise err from None                           # the file itself is wrong: name the file
+        # the file alone is fine, so an override is to blame: say so
+        text = str(err).removeprefix(f"{path}: ")
+        raise ConfigError(f"-o override (on {path}): {text}") from None
 
 
 def key_table(extra_fields: Sequence[Field] = ()) -> str:

@@ -98,6 +98,7 @@ def share(obj: Any, world: World) -> Any:
 
 
 def barrier(world: World) -> None:
+    """Wait until every process of ``world`` gets here (a no-op for a single process)."""
     if world.active:
         dist.barrier()
 

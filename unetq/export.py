@@ -215,6 +215,17 @@ _CODECS = {"fixed": (_encode_fixed, _decode_fixed), "pow2": (_encode_pow2, _deco
 _SIDE_DTYPES = {"zeros": "<u4", "alpha": "<f4"}
 
 
+# How each encoding stores the sign, written into every entry's ``format`` so that a reader of the
+# header alone (a hardware tool, another language) need not consult this module.
+SIGN_CONVENTION = {
+    "fixed": "sign-magnitude: top bit of each code = sign (1 negative), the rest = magnitude in 2^-f steps",
+    "pow2": "sign-magnitude: top bit = sign (1 negative), the rest = level index",
+    "int": "offset binary: code = value + 2^(n-1), no sign bit",
+    "bnn": "1 bit: 1 = negative; exact zeros listed in the zeros blob",
+    "ternary": "2-bit code: 0 = +0, 1 = +alpha, 2 = -alpha, 3 = -0",
+}
+
+
 def encoding_of(fmt: QuantFormat) -> str:
     """The encoding name of a quantized format (fixed | pow2 | int | bnn | ternary)."""
     if fmt.kind == "fixed":
@@ -240,7 +251,7 @@ def _tensor_entries(model: torch.nn.Module) -> list[tuple[dict, dict]]:
             encoding = encoding_of(fmt)
             fields, arrays = _CODECS[encoding][0](q.detach().cpu().float().numpy(), fmt, name)
             entry.update(encoding=encoding, format={"kind": fmt.kind, "i": fmt.i_bits, "f": fmt.f_bits,
-                                                   "mode": fmt.mode}, **fields)
+                                                   "mode": fmt.mode, "sign": SIGN_CONVENTION[encoding]}, **fields)
             blobs = {role: (pack_codes(a, entry["width"]) if role == "codes" else a.astype(_SIDE_DTYPES[role]).tobytes())
                      for role, a in arrays.items()}
         elif value.dtype == torch.float32:

@@ -240,6 +240,7 @@ def account(model: torch.nn.Module) -> tuple[list[TensorBits], dict]:
 # --------------------------------------------------------------------------------------------
 
 def mib(bits: int) -> float:
+    """A bit count in MiB (2^20 bytes of 8 bits)."""
     return bits / MIB
 
 
