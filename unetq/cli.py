@@ -74,7 +74,12 @@ def _run(cfg: Config, base: ModuleType, echo: bool) -> int:
     _check_sync_bn(cfg, device)
     world = distributed.setup(use_cuda=device.type == "cuda")
     try:
-        return _run_in(cfg, base, echo, device, notice, world)
+        code = _run_in(cfg, base, echo, device, notice, world)
+        if code == 0:
+            # rank 0 is still writing its figures when the others finish: leaving the group before
+            # every rank is done can take a busy peer's connections down with it
+            distributed.barrier(world)
+        return code
     finally:
         distributed.teardown(world)
 
