@@ -111,10 +111,12 @@ def test_every_rank_stops_with_the_same_line(case, tmp_path):
     keys = {"log_output_dir": "afile"} if case == "unwritable output" else {"sync_bn": True}
     result = run(tmp_path, {**TINY, "num_epochs": 1, **keys}, nproc=2)
     assert result.returncode != 0
-    lines = torchrun_error_lines(result)
+    # torchrun stops the other process as soon as one exits with an error, so the slower rank may be
+    # stopped (SIGTERM, or an "interrupted" line) before it prints: every reason printed is the same line
+    lines = [line for line in torchrun_error_lines(result) if not line.startswith("error: interrupted")]
     expected = ("cannot create the output folder (afile is a file); set log_output_dir to a folder"
                 if case == "unwritable output" else "key 'sync_bn': SyncBatchNorm needs a CUDA device")
-    assert len(lines) == 2 and lines[0] == lines[1] and expected in lines[0], result.stderr
+    assert 1 <= len(lines) <= 2 and len(set(lines)) == 1 and expected in lines[0], result.stderr
     assert "[rank1]" not in result.stderr and "broadcast" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "config.yaml"]   # nothing written
     assert (tmp_path / "afile").read_text() == "not a folder"
