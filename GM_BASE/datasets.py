@@ -174,19 +174,13 @@ def scan_challenge(folder) -> dict[tuple[int, int], Subject]:
     return subjects
 
 
-def read_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A 3-D NIfTI volume as float32 [X, Y, Z] (scaling applied) and its voxel size in mm.
+def read_nifti(path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """A 3-D NIfTI volume as float32 [X, Y, Z] (scaling applied), its voxel size in mm and the
+    header's voxel -> mm affine (4x4, to check that a mask lies on its image's grid).
 
     A 2-D file counts as one slice and trailing axes of length 1 are dropped; anything else that
     is not 3-D, and any unreadable or truncated file, raises DataError naming the file.
     """
-    data, zooms, _ = read_nifti_with_affine(path)
-    return data, zooms
-
-
-def read_nifti_with_affine(path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """:func:`read_nifti` plus the header's voxel -> mm affine (4x4), to check that a mask lies on
-    its image's grid."""
     import nibabel as nib
 
     path = Path(path)
@@ -247,10 +241,10 @@ def read_subject(subj: Subject) -> tuple[np.ndarray, dict, tuple]:
         raise DataError(f"{subj.image}: no mask files ({subj.name}-mask-rR.nii.gz) for this training or "
                         f"validation subject (the challenge's subjects 11-20 have none: leave them out of "
                         f"train_subjects / val_subjects)")
-    image, zooms, affine = read_nifti_with_affine(subj.image)
+    image, zooms, affine = read_nifti(subj.image)
     masks = {}
     for rater, path in sorted(subj.masks.items()):
-        mask, _, mask_affine = read_nifti_with_affine(path)
+        mask, _, mask_affine = read_nifti(path)
         if mask.shape != image.shape:
             raise DataError(f"{path}: shape {'x'.join(map(str, mask.shape))} does not match its image "
                             f"{subj.image.name} ({'x'.join(map(str, image.shape))})")
@@ -578,8 +572,8 @@ def load_sample(folder, cfg) -> tuple[SliceSet, SliceSet, list[str], str]:
             raise DataError(f"{path}: missing (the GM sample is {SAMPLE_FILES[0]} + {SAMPLE_FILES[1]}, in "
                             f"../shared/data/scgm_sct_t2s beside the developers' checkout); use data_source: phantom, "
                             f"or data_source: real with a challenge folder in data_path")
-    image, zooms, affine = read_nifti_with_affine(image_path)
-    mask, _, mask_affine = read_nifti_with_affine(mask_path)
+    image, zooms, affine = read_nifti(image_path)
+    mask, _, mask_affine = read_nifti(mask_path)
     if mask.shape != image.shape:
         raise DataError(f"{mask_path}: shape {'x'.join(map(str, mask.shape))} does not match its image "
                         f"{image_path.name} ({'x'.join(map(str, image.shape))})")

@@ -7,7 +7,7 @@ import yaml
 
 from unetq.cli import run_script
 from unetq.config import ConfigError, load, parse_overrides, validate
-from unetq.paths import PROJECT_ROOT, base_module
+from unetq.paths import base_module
 
 EM = base_module("EM_BASE")
 GOOD = {"dataset": "em", "num_epochs": 1, "base_width": 4, "phantom_images": 4, "val_sections": 2}

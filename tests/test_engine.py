@@ -12,7 +12,7 @@ from unetq import checkpoint
 from unetq.cli import run_script
 from unetq.config import validate
 from unetq.engine import lr_at, ternary_beta
-from unetq.paths import PROJECT_ROOT, base_module
+from unetq.paths import base_module
 
 EM = base_module("EM_BASE")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,

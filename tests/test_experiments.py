@@ -1,7 +1,6 @@
 """The shipped experiment folders and the new-experiment tool."""
 
 import os
-from pathlib import Path
 
 import pytest
 import yaml

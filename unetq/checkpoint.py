@@ -29,6 +29,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line naming the file."""
 
 
+def brief(err: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message`` of an exception from torch or pickle (their messages run
+    over many lines), cut to ``limit`` characters."""
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0][:limit] if text else 'no detail'}"
+
+
 def save(payload: Mapping[str, Any], path: Path) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, flushed to disk,
     then renamed over the target. A crash at any moment leaves either the old or the new file."""
@@ -59,12 +66,11 @@ def load(path: Path) -> dict:
         # torch words it "Unsupported global: GLOBAL os.system" or "unsupported GLOBAL posix.system"
         found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
         if not found:   # a text file, random bytes, a plain pickle of something else
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(err).splitlines()[0][:120]})") from None
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({brief(err, 120)})") from None
         raise CheckpointError(f"{path}: refused: the file holds Python objects ({found.group(1)}) beyond tensors "
                               f"and plain values, which could run code when loaded") from None
     except Exception as err:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:160] if str(err) else 'no detail'})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({brief(err)})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if not isinstance(obj.get("model"), Mapping):
             raise CheckpointError(f"{path}: checkpoint has no model weights")

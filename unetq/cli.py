@@ -27,7 +27,7 @@ import yaml
 
 from . import __version__, checkpoint, distributed, engine
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError, load, parse_overrides
+from .config import RUN_ONLY_KEYS, Config, ConfigError, load, parse_overrides
 from .data import DataError
 from .engine import Run, TrainingError
 from .models import build_model, model_options
@@ -61,11 +61,8 @@ def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[s
     except KeyboardInterrupt:   # before the run folder exists (start-up); later ones are handled in _run_in
         print("error: interrupted while the run was starting; no epoch was trained", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:      # e.g. a data file that exists but cannot be read
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as err:      # OSError: e.g. a data file that exists but cannot be read
+        print(f"error: {_reason(err)}", file=sys.stderr)
         return 2
 
 
@@ -156,8 +153,8 @@ def _check_sync_bn(cfg: Config, device: torch.device) -> None:
 
 
 def _reason(err: BaseException | None) -> str | None:
-    """The line :func:`run_script` prints for ``err`` (without "error: "), for the ranks that did not
-    see it; None without an error."""
+    """The line :func:`run_script` prints for ``err`` (without "error: "); also sent to the ranks
+    that did not see it. None without an error."""
     if err is None:
         return None
     if isinstance(err, USER_ERRORS):
@@ -263,9 +260,8 @@ def _checkpoint_for(cfg: Config, run_dir: Path) -> dict | None:
     return ckpt
 
 
-# Keys a resumed run may change: where and how fast it runs, and how far it goes.
-RESUME_MAY_CHANGE = ("operation_mode", "trained_model", "num_epochs", "device", "gpu_core_num", "num_workers",
-                     "overlay_every", "log_output_dir")
+# Keys a resumed run may change: where and how fast it runs (RUN_ONLY_KEYS), and how far it goes.
+RESUME_MAY_CHANGE = RUN_ONLY_KEYS | {"trained_model", "num_epochs"}
 
 
 def _check_resumable(ckpt: dict, path: Path, cfg: Config) -> None:
@@ -318,13 +314,12 @@ def _resume(run: Run, ckpt: dict) -> dict:
         run.log.line(f"resume: the run already finished its {run.cfg.num_epochs} epochs; nothing to do")
         return {"best_dice": ckpt.get("best_dice"), "best_epoch": ckpt.get("best_epoch")}
     optimizer = torch.optim.Adam(run.net.parameters(), lr=run.cfg.lr)
-    path = run.log.folder / "last.pt"
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         engine.restore_rng(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
-        raise CheckpointError(f"{path}: its optimizer or random state does not fit this run "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'no detail'})") from None
+        raise CheckpointError(f"{_ckpt_path(run.cfg, run.log.folder)}: its optimizer or random state does not "
+                              f"fit this run ({checkpoint.brief(err, 120)})") from None
     # the interrupt message reads epochs_done: a resumed run starts where its checkpoint is
     run.log.update_summary(epochs_done=epoch, best_dice=float(ckpt["best_dice"]), best_epoch=int(ckpt["best_epoch"]))
     history = _trim_metrics(run.log.folder / METRICS_NAME, epoch) if run.world.is_main else []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -227,6 +227,12 @@ class Config:
             return None
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.folder / p)
+
+
+# Keys that say where a run writes and how fast it runs, never what it computes: a resume may change
+# them, and the sweep does not compare them when it decides whether a finished run is still current.
+RUN_ONLY_KEYS = frozenset({"operation_mode", "experiment_name", "log_output_dir", "device", "gpu_core_num",
+                           "num_workers", "overlay_every"})
 
 
 def _where(source: Path | None) -> str:

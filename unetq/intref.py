@@ -173,7 +173,7 @@ def accumulator_bounds(model) -> list[dict]:
     """Per quantized conv: fan_in, the largest weight and input codes the formats allow, the worst-
     case |accumulator| (fan_in * max|c_w| * max|c_in|, in codes) and whether it stays below 2^24
     (exact in float32) and 2^53 (exact in float64)."""
-    wf, af = model.weight_format, model.activation_format
+    af = model.activation_format
     a_max = fixed_magnitude_max(af)
     upsampled = {"dec3", "dec2", "dec1"}
     rows = []

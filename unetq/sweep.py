@@ -34,15 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import ConfigError, load, parse_overrides, read_yaml
+from .config import RUN_ONLY_KEYS, ConfigError, load, parse_overrides, read_yaml
 from .paths import base_module
 from .runlog import CONFIG_NAME, SUMMARY_NAME
-
-# Config keys that do not change what a run computes: a complete run that differs from the
-# sweep's settings only in these is still skipped. (experiment_name and log_output_dir place the
-# run folder, so they are equal by construction; operation_mode is not rewritten by a resume.)
-NOT_COMPARED = frozenset({"num_workers", "device", "gpu_core_num", "log_output_dir", "overlay_every",
-                          "experiment_name", "operation_mode"})
 
 
 @dataclass
@@ -155,7 +149,7 @@ def _summary(job: Job) -> dict:
 
 def changed_settings(job: Job) -> list[str]:
     """What differs between the settings the complete run recorded (its config.yaml) and the ones
-    the sweep would run it with, as ``key old -> new`` (keys in :data:`NOT_COMPARED` aside; a key
+    the sweep would run it with, as ``key old -> new`` (keys in :data:`unetq.config.RUN_ONLY_KEYS` aside; a key
     the recorded config lacks, from older code, is not compared)."""
     if job.settings is None:
         return ["the config does not validate now"]
@@ -169,7 +163,7 @@ def changed_settings(job: Job) -> list[str]:
     # a resume may have extended the run: summary.json records the epochs it last trained to
     recorded = {**recorded, "num_epochs": _summary(job).get("num_epochs", recorded.get("num_epochs"))}
     return [f"{key} {recorded[key]!r} -> {value!r}" for key, value in job.settings.items()
-            if key not in NOT_COMPARED and key in recorded and recorded[key] != value]
+            if key not in RUN_ONLY_KEYS and key in recorded and recorded[key] != value]
 
 
 def check_distinct(jobs: Sequence[Job]) -> None:
