@@ -4,7 +4,7 @@
     cd em/a6_0_w0_4 && python em_unet.py -f config.yaml -t UNET [-o key=value ...]
 
 The method (quantizers, U-Net, losses, metrics, engine) lives in the `unetq` package; this script
-holds only the EM recipe (METHOD.md section 4) and hands the EM data (datasets.py, beside this
+holds only the EM recipe (docs/method.md section 4) and hands the EM data (datasets.py, beside this
 file's real location) to the shared command line.
 """
 

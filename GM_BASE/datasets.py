@@ -112,7 +112,7 @@ FIELDS: tuple[Field, ...] = (
     Field("phantom_slices", "int", 10, "axial slices per phantom volume", low=2, high=500),
 )
 
-# The paper's training augmentation (DATASETS.md, GM); validation gets the normalisation only.
+# The paper's training augmentation (docs/datasets.md, GM); validation gets the normalisation only.
 TRAIN_AUGMENTATION = (ElasticTransform(alpha_range=(28.0, 30.0), sigma_range=(3.5, 4.0), p=0.3),
                       RandomAffine(degrees=4.6, translate=(0.03, 0.03), scale=(0.98, 1.02), order=0),
                       ChannelShift(-0.1, 0.1))

@@ -4,7 +4,7 @@
     cd gm/a6_0_w0_4 && python gmchallenge_unet.py -f config.yaml -t UNET [-o key=value ...]
 
 The method (quantizers, U-Net, losses, metrics, engine) lives in the `unetq` package; this script
-holds only the GM recipe (METHOD.md section 4) and hands the GM data (datasets.py, beside this
+holds only the GM recipe (docs/method.md section 4) and hands the GM data (datasets.py, beside this
 file's real location) to the shared command line.
 """
 

@@ -9,7 +9,7 @@ from unetq.layers import QuantFormat
 from unetq.models import build_model
 from unetq.quantize import fixed_point
 
-# Base width 2, counted by hand from METHOD.md section 3 (conv in -> out channels):
+# Base width 2, counted by hand from docs/method.md section 3 (conv in -> out channels):
 #   float convs: enc1 1->2, 2->2; head 2->1                  weights 9 * (2 + 4 + 2) = 72
 #   quantized:   enc2 2->4, 4->4; enc3 4->8, 8->8; bottom 8->8, 8->8; dec3 16->8, 8->8;
 #                dec2 12->4, 4->4; dec1 6->2, 2->2            weights 9 * (8 + 16 + 32 + 64 + 64 + 64 + 128

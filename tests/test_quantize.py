@@ -8,7 +8,7 @@ from unetq.quantize import binary, fixed_point, int_quant, pow2_limit, ternary
 
 X = [-20.3, -3.7, -0.3, 0.1, 0.77, 0.97, 1.0, 1.3, 15.99, 100.0]
 
-# METHOD.md's golden table, verbatim (paper mode).
+# docs/method.md's golden table, verbatim (paper mode).
 GOLDEN = {
     (4, 4): [-15.3125, -3.6875, -0.3125, 0.125, 0.75, 1.0, 1, 1.3125, 16, 15],
     (0, 4): [-0.3125, -0.6875, -0.3125, 0.125, 0.75, 1.0, 0, 0.3125, 1.0, 0],
@@ -206,7 +206,7 @@ def test_output_is_a_new_tensor_and_input_untouched():
 
 
 def _int_numpy(x: np.ndarray, n: int) -> np.ndarray:
-    """METHOD.md's INT formula written out in numpy, in x's own precision."""
+    """docs/method.md's INT formula written out in numpy, in x's own precision."""
     lo, hi = x.min(), x.max()
     if hi == lo:
         return np.full_like(x, -(2.0 ** (n - 1)))

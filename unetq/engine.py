@@ -1,5 +1,5 @@
 """The training engine shared by every dataset: train (normal / retrain), evaluate (inference) and
-visualize, per METHOD.md sections 4-6.
+visualize, per docs/method.md sections 4-6.
 
 One epoch e (1-based) trains with the learning rate of schedule index e - 1 (the scheduler steps at
 the END of an epoch), then validates in eval mode. The best checkpoint is kept on a strictly greater

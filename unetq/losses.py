@@ -1,4 +1,4 @@
-"""Training losses: soft Dice and 0.5 BCE + 0.5 Dice (METHOD.md sections 3 and 4).
+"""Training losses: soft Dice and 0.5 BCE + 0.5 Dice (docs/method.md sections 3 and 4).
 
 Every loss takes the network's raw *logits* (the model returns logits, not probabilities)
 and a target of the same shape with values in {0, 1}. The sigmoid is applied here.

@@ -264,7 +264,7 @@ def report_text(model, rows: Sequence[TensorBits], totals: dict, per_tensor: boo
     return "\n".join(lines)
 
 
-# The paper's settings (METHOD.md section 7) as (label, model keys).
+# The paper's settings (docs/method.md section 7) as (label, model keys).
 SETTINGS = (
     ("full precision", dict(quantization="normal")),
     ("a8.8/w8.8", dict(quantization="fixed", activation_i_width=8, activation_f_width=8, weight_i_width=8, weight_f_width=8)),

@@ -1,4 +1,4 @@
-"""Per-slice segmentation metrics and their aggregation over a validation set (METHOD.md section 5).
+"""Per-slice segmentation metrics and their aggregation over a validation set (docs/method.md section 5).
 
 Inputs are 2-D binary masks (numpy, bool or 0/1 integers; any non-zero value counts as foreground).
 

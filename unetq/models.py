@@ -1,4 +1,4 @@
-"""The paper's U-Net with quantized convolutions (METHOD.md section 3).
+"""The paper's U-Net with quantized convolutions (docs/method.md section 3).
 
     input (1 ch) -> enc1 -> pool -> enc2 -> pool -> enc3 -> pool -> bottom
                  -> up + cat(enc3) -> dec3 -> up + cat(enc2) -> dec2 -> up + cat(enc1) -> dec1 -> head

@@ -11,7 +11,7 @@ Every function takes a torch tensor of any float dtype on any device and returns
 same shape, dtype and device. None of them syncs with the host (no ``.item()``, no data-dependent
 Python branches), and each forward allocates only the temporaries its math needs.
 
-The math is METHOD.md sections 1-2. In short, for the default ``paper`` mode (Eq. 1-4):
+The math is docs/method.md sections 1-2. In short, for the default ``paper`` mode (Eq. 1-4):
 
     a = |x|,  x_i = floor(a),  x_f = a - x_i
     RC(v, n) = round(clamp(v, 0, 2^n - 1) * 2^n) / 2^n          (round half to even)
@@ -204,7 +204,7 @@ def _check_bits(name: str, value: int, low: int = 0, high: int = 23) -> None:
 def fixed_point(x: torch.Tensor, i_bits: int, f_bits: int, mode: str = "paper") -> torch.Tensor:
     """Quantize ``x`` to the fixed-point format Qi.f (``i_bits`` integer, ``f_bits`` fraction bits).
 
-    Modes (METHOD.md section 1):
+    Modes (docs/method.md section 1):
       * ``paper``: the paper's Eq. 1-4 bit for bit: integer part truncated toward zero and
         saturated at 2^i - 1 (with i = 0 it wraps: Q0.4(1.3) = 0.3125), fraction rounded to
         2^-f (half to even) and allowed to carry up to 1.0. Needs 1 + i + f bits (sign-magnitude).

@@ -10,7 +10,7 @@ are unreadable. Backups (``*_backup_*``) and inference / visualize sub-folders a
 
 A row is a setting, named from the run's resolved config: ``full precision``, ``a6.0/w0.4`` (FIXED
 activations Q6.0, weights Q0.4), ``INT a4/w4``, ``BNN``, ``Ternary``; `` [mode]`` is added when the
-fixed-point mode is not the dataset's usual one (EM: pow2, GM and NIH: paper, METHOD.md section 1),
+fixed-point mode is not the dataset's usual one (EM: pow2, GM and NIH: paper, docs/method.md section 1),
 `` + dropout`` and `` (activation)`` when those differ from the usual. Two runs with the same setting
 in the same dataset get two rows: the preferred one (paper protocol, complete, most epochs, newest)
 keeps the plain name, the other is suffixed with its experiment name.
