@@ -20,6 +20,7 @@ RECIPE = {
     "val_batch_size": 4,
     "loss": "bce_dice",      # 0.5 BCE + 0.5 (1 - Dice), on logits (the original's double sigmoid: legacy_double_sigmoid)
     "lr_schedule": "step",   # x0.1 at epochs N/5, 2N/5, 3N/5, 4N/5
+    "fixed_mode": "pow2",    # the authors' EM code rounded FIXED to powers of two (docs/method.md section 1)
 }
 
 if __name__ == "__main__":

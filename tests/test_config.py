@@ -46,7 +46,6 @@ BAD = [
     ({**GOOD, "operation_mode": "inference"}, r"key 'trained_model' is required when operation_mode is 'inference'"),
     ({**GOOD, "operation_mode": "retrain"}, r"key 'trained_model' is required"),
     ({**GOOD, "operation_mode": "visualize"}, r"key 'trained_model' is required"),
-    ({**GOOD, "dataset": "gm"}, r"key 'dataset': 'gm' does not match this script, which trains 'em'"),
     ({**GOOD, "data_source": "real"}, r"key 'data_path' is required when data_source is 'real'"),
     ("UNET:\n  lr: 0.1\n  LR: 0.2\n", r"key 'lr' is given twice \(as 'lr' and 'LR'\)"),
     ({**GOOD, "device": "tpu"}, r"key 'device': 'tpu' is not allowed; allowed: auto, cpu, cuda, cuda:N"),

@@ -79,7 +79,7 @@ def _legacy_by_hand(logits, target):
         p = 1.0 / (1.0 + math.exp(-x))
         q = 1.0 / (1.0 + math.exp(-p))  # the second sigmoid of the original bug
         bce_terms.append(-(y * math.log(q) + (1 - y) * math.log(1 - q)))
-        inter, sum_p, sum_y = inter + p * y, sum_p + p, sum_y + y
+        inter, sum_p, sum_y = inter + q * y, sum_p + q, sum_y + y   # its Dice term also took sigmoid(p)
     d = (2 * inter + EPS) / (sum_p + sum_y + EPS)
     return 0.5 * sum(bce_terms) / len(bce_terms) + 0.5 * (1 - d)
 
@@ -99,8 +99,11 @@ def test_legacy_bce_never_reaches_zero_on_a_perfect_prediction():
     perfect = 30.0 * (2 * y - 1)
     # p is exactly 0 or 1, so the legacy BCE is -ln(sigmoid(1)) on fg and -ln(1 - sigmoid(0)) = ln2 on bg.
     expected_bce = (2 * -math.log(1 / (1 + math.exp(-1))) + 2 * math.log(2)) / 4
+    # its Dice term saw q = sigmoid(p): sigmoid(1) on fg, 0.5 on bg, so it does not reach 1 either
+    q1 = 1 / (1 + math.exp(-1))
+    dice = (2 * 2 * q1 + EPS) / (2 * q1 + 2 * 0.5 + 2 + EPS)
     got = bce_dice_loss(perfect, y, legacy_double_sigmoid=True).item()
-    assert got == pytest.approx(0.5 * expected_bce, rel=1e-5)
+    assert got == pytest.approx(0.5 * expected_bce + 0.5 * (1 - dice), rel=1e-5)
 
 
 @pytest.mark.parametrize("legacy", [False, True])

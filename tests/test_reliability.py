@@ -21,7 +21,7 @@ EM = base_module("EM_BASE")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,
         "batch_size": 2, "val_batch_size": 2, "quantization": "FIXED", "activation_i_width": 4,
         "activation_f_width": 4, "weight_f_width": 4, "overlay_every": 0, "experiment_name": "r",
-        "lr_schedule": "constant", "loss": "bce_dice"}   # the loss em_unet.py's recipe sets: a resume must match
+        "lr_schedule": "constant", "loss": "bce_dice", "fixed_mode": "pow2"}   # what em_unet.py's recipe sets: a resume must match
 
 
 def write(folder, section):

@@ -25,13 +25,13 @@ from typing import Mapping, Sequence
 import torch
 import yaml
 
-from . import __version__, checkpoint, distributed, engine
+from . import __version__, checkpoint, distributed, engine, original, weights
 from .checkpoint import CheckpointError
 from .config import RUN_ONLY_KEYS, Config, ConfigError, load, parse_overrides
 from .data import DataError
 from .engine import Run, TrainingError
 from .models import build_model, model_options
-from .paths import code_version
+from .paths import broken_links, code_version
 from .runlog import CONFIG_NAME, METRICS_NAME, RunLog, fresh_folder, read_metrics, sub_folder
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
@@ -92,21 +92,32 @@ def _run_in(cfg: Config, base: ModuleType, echo: bool, device: torch.device, not
     mode = cfg.operation_mode
     ckpt = _checkpoint_for(cfg, run_dir)
     model = build_model(cfg)
-    notes = [notice] if notice else []
+    notes = ([notice] if notice else []) + _folder_notices(cfg) + cfg.notices
+    source = None
     if ckpt is not None:
         path = _ckpt_path(cfg, run_dir)
-        notes += checkpoint.load_into(model, ckpt["model"], path, ckpt["config"], cfg.to_dict())
+        state = _own_names(ckpt["model"], model, cfg, path, notes)
+        notes += checkpoint.load_into(model, state, path, ckpt["config"], cfg.to_dict())
         notes.append(f"checkpoint: {path.resolve()} (epoch {ckpt.get('epoch', '?')}, best dice "
                      f"{ckpt.get('best_dice', '?')} at epoch {ckpt.get('best_epoch', '?')})")
+        source = (path, weights.sha256(path))
+    best_copy = _best_copy(cfg, ckpt)
     compute = engine.compute_for(cfg.amp, device)
     model.to(device, memory_format=compute.memory_format)
     data = None if mode == "visualize" else base.build_datasets(cfg)
-    folder = failure = None
+    folder = failure = moved = None
     if world.is_main:
         try:
             check_writable(run_dir, needed_bytes=_space_needed(model, mode))
+            if best_copy is not None:
+                weights.check_target(best_copy)
             # Everything is validated: only now is anything written.
+            earlier = _backups(run_dir)
             folder = _output_folder(cfg, run_dir, notes)
+            moved = _backups(run_dir) - earlier
+            moved = (run_dir, moved.pop()) if moved else None
+            kept = weights.keep_existing(best_copy) if best_copy is not None and mode == "normal" else None
+            notes += [kept] if kept else []
         except Exception as err:
             if not world.active:
                 raise
@@ -120,8 +131,9 @@ def _run_in(cfg: Config, base: ModuleType, echo: bool, device: torch.device, not
         raise ConfigError(reason)
     log = RunLog(folder, echo=echo and world.is_main, enabled=world.is_main)
     net = engine.wrap_for_training(model, world, device, cfg.sync_bn) if mode in TRAINING else model
-    run = Run(cfg, model, device, data, log, compute, world, net)
+    run = Run(cfg, model, device, data, log, compute, world, net, best_copy=best_copy)
     _header(run, notes)
+    _record_weights(run, source and weights.source_record(*source, moved), best_copy)
     try:
         with interrupts_from_signals():
             result = _dispatch(run, ckpt)
@@ -350,7 +362,8 @@ def _header(run: Run, notes: list) -> None:
     code = code_version()
     log.line(f"unetq {__version__} ({code}) | torch {torch.__version__} | python {platform.python_version()} | "
              f"device {run.device}{procs} | {Path(sys.argv[0]).name}")
-    log.line(f"config: {cfg.source} [{cfg.section}]")
+    label = f"; dataset label {cfg.label!r} (free text; this script trains {cfg.dataset})" if cfg.label else ""
+    log.line(f"config: {cfg.source} [{cfg.section}]{label}")
     if run.data is not None:
         log.line(f"data ({run.data.source}): {run.data.description}")
         for note in run.data.notes:
@@ -373,3 +386,57 @@ def _header(run: Run, notes: list) -> None:
                        weight_format=wf.describe(), activation_format=af.describe(), threshold=cfg.threshold,
                        device=str(run.device), torch=torch.__version__, code=code, started=time.strftime("%Y-%m-%d %H:%M:%S"),
                        command=" ".join(sys.argv))
+
+
+# --------------------------------------------------------------------------------------------
+# The original repository's experiments: their folders, checkpoints and trained_model
+# --------------------------------------------------------------------------------------------
+
+def _folder_notices(cfg: Config) -> list[str]:
+    """One notice per broken link in the experiment folder (the script itself runs, since Python
+    resolved its link; a copied folder's other links may point nowhere)."""
+    return [f"notice: {line}" for line in broken_links(cfg.folder)] if cfg.source else []
+
+
+def _own_names(state: Mapping, model: torch.nn.Module, cfg: Config, path: Path, notes: list) -> Mapping:
+    """A state dict under this project's names: one saved by the original code is renamed (and said so)."""
+    if not original.is_original_state(state):
+        return state
+    state, extra = original.from_original_state(state, model.state_dict())
+    notes.append(f"note: {path.name} was saved by the original code (conv1.conv1.weight, ..., conv9.weight): "
+                 f"its tensors are mapped to this project's names")
+    changed = [d.key for d in original.differences(cfg.to_dict(), cfg.dataset)
+               if d.key in ("activation", "first_block_activation")]
+    if changed:
+        notes.append(f"notice: the original code trained these weights with other {' and '.join(changed)} than "
+                     f"this run uses; set original_code: true to run them as they were trained")
+    notes.extend(extra)
+    return state
+
+
+def _best_copy(cfg: Config, ckpt: dict | None) -> Path | None:
+    """Where the best model also goes: ``trained_model`` in ``normal`` mode (the paper README's "path to
+    save best model while training"), and in a resume of such a run. Retrain reads it, never writes it."""
+    if cfg.trained_model is None:
+        return None
+    if cfg.operation_mode == "normal":
+        return cfg.path("trained_model")
+    if cfg.operation_mode == "resume" and (ckpt or {}).get("config", {}).get("operation_mode") == "normal":
+        return cfg.path("trained_model")
+    return None
+
+
+def _backups(run_dir: Path) -> set[Path]:
+    """The backup folders of earlier runs beside ``run_dir`` (to find the one a new run just made)."""
+    parent = Path(run_dir).parent
+    return set(parent.glob(f"{Path(run_dir).name}_backup_*")) if parent.is_dir() else set()
+
+
+def _record_weights(run: Run, source: dict | None, best_copy: Path | None) -> None:
+    """Say where the run's weights came from (path and SHA-256) and where its best model also goes."""
+    if source is not None:
+        run.log.line(f"weights from: {source['path']} (sha256 {source['sha256']})")
+    if best_copy is not None:
+        run.log.line(f"best model also written to {best_copy.resolve()} (trained_model)")
+    run.log.update_summary(weights_from=source, trained_model_written=str(best_copy.resolve()) if best_copy else None,
+                           dataset_label=run.cfg.label)

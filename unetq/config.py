@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from . import original
 from .paths import PROJECT_ROOT, base_module
 
 
@@ -136,13 +137,14 @@ _WIDTH = dict(kind="int", default=0, low=0, high=16)
 
 COMMON_FIELDS: tuple[Field, ...] = (
     # --- the paper's keys ---
-    Field("dataset", "choice", None, "which dataset this config is for (must match the script)",
-          choices=("em", "gm", "nih")),
+    Field("dataset", "str", None, "a free label, shown in the log (as in the paper's README): the script "
+          "decides the dataset; a label naming another dataset gives a notice", nullable=True),
     Field("lr", "float", 1e-3, "Adam learning rate", low=1e-12, high=10.0),
     Field("num_epochs", "int", 200, "training epochs", low=1, high=100000),
     Field("model_type", "choice", "unet", "network (the paper's U-Net)", choices=("unet",)),
     Field("init_type", "choice", "uniform",
-          "quantized-conv init: uniform = U(-1,1) (what the original ran), glorot", choices=("uniform", "glorot")),
+          "quantized-conv init: uniform = U(-1,1) (what the original ran when quantizing), glorot, torch "
+          "(PyTorch's default on every conv: what the original ran for Normal)", choices=("uniform", "glorot", "torch")),
     Field("quantization", "choice", "normal", "normal | fixed | int | bnn | ternary",
           choices=("normal", "fixed", "int", "bnn", "ternary")),
     Field("activation_i_width", help="activation integer bits (INT: the bit count n)", **_WIDTH),
@@ -168,6 +170,10 @@ COMMON_FIELDS: tuple[Field, ...] = (
     Field("val_batch_size", "int", 16, "validation batch size", low=1, high=100000),
     Field("loss", "choice", "dice", "dice | bce_dice", choices=("dice", "bce_dice")),
     Field("legacy_double_sigmoid", "bool", False, "reproduce the original EM loss bug (second sigmoid)"),
+    Field("original_code", "bool", False, "run what the authors' code ran for every key whose meaning differs "
+          "here (init_type, activation, dropout, fixed_mode, ...; docs/original-experiments.md); the log lists each change"),
+    Field("first_block_activation", "choice", "same", "activation of the first encoder block: same (as "
+          "activation) | relu (the original GM model's, with ternarytanh)", choices=("same", "relu")),
     Field("lr_schedule", "choice", "cosine", "step (x0.1 every num_epochs/5) | cosine (to 0) | constant",
           choices=("step", "cosine", "constant")),
     Field("threshold", "float", 0.999, "probability threshold of the prediction (paper: 0.999; the GM and NIH demos use 0.5)",
@@ -196,10 +202,13 @@ class Config:
     """A validated configuration: attribute access to every key (``cfg.lr``), the file it came
     from, and path resolution relative to that file's folder."""
 
-    def __init__(self, values: Mapping[str, Any], source: Path | None, section: str):
+    def __init__(self, values: Mapping[str, Any], source: Path | None, section: str,
+                 notices: Sequence[str] = (), label: str | None = None):
         self._values = dict(values)
         self.source = source
         self.section = section
+        self.notices = list(notices)      # lines for the run's header (dataset label, original code)
+        self.label = label                # the ``dataset`` text as the file gave it
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -282,16 +291,31 @@ def validate(raw: Mapping[str, Any], *, source: Path | None = None, section: str
             values[spec.name] = spec.parse(value)
         except ValueError as err:
             _fail(source, spec.name, value, str(err), spec)
-    if dataset is not None:
-        if raw.get("dataset") is None:
-            values["dataset"] = dataset
-        elif values["dataset"] != dataset:
-            raise ConfigError(f"{_where(source)}: key 'dataset': {values['dataset']!r} does not match this "
-                              f"script, which trains {dataset!r}")
+    label, notices = values["dataset"], []
+    values["dataset"], notice = _dataset_of(label, dataset, source)
+    notices += [notice] if notice else []
     _check_combinations(values, source)
+    notices += _original_code(values, dataset or values["dataset"])
     if values.get("experiment_name") is None:
         values["experiment_name"] = (source.parent.resolve().name if source else "experiment")
-    return Config(values, source, section)
+    return Config(values, source, section, notices, label)
+
+
+def _dataset_of(label: str | None, dataset: str | None, source: Path | None) -> tuple[str | None, str | None]:
+    """(the dataset a run records, a notice or None). The ``dataset`` key is a free label, as in the
+    paper's README: the script's ``dataset`` decides; without a script, the dataset the label names."""
+    if dataset is None:
+        return (original.dataset_named(label) or label) if label else None, None
+    return dataset, original.label_notice(label, dataset, _where(source)) if label else None
+
+
+def _original_code(values: dict, dataset: str | None) -> list[str]:
+    """With ``original_code: true``, set every key whose meaning differs from the original code to what
+    it ran, and say so; without it, one line per such key saying what runs and what the original ran."""
+    known = dataset if dataset in original.DATASETS else None
+    if values.get("original_code"):
+        return original.apply_original(values, known)
+    return [d.line() for d in original.differences(values, known)]
 
 
 def _check_combinations(v: dict, source: Path | None) -> None:

@@ -151,6 +151,7 @@ class Run:
     compute: Compute = field(default_factory=Compute)
     world: World = SINGLE
     net: torch.nn.Module | None = None
+    best_copy: Path | None = None      # where best.pt is also written (trained_model in normal mode)
 
     def __post_init__(self):
         if self.net is None:
@@ -369,6 +370,8 @@ def _save_epoch(run: Run, epoch: int, metrics: dict, best_dice: float, best_epoc
             "data_source": run.data.source}
     if improved:
         checkpoint.save(base, run.log.folder / "best.pt")
+        if run.best_copy is not None:
+            checkpoint.save(base, run.best_copy)
     checkpoint.save({**base, "optimizer": optimizer.state_dict(), "rng": rng_state()},
                     run.log.folder / "last.pt")
 

@@ -298,11 +298,12 @@ def _model_keys(model: torch.nn.Module) -> dict:
     if wf.kind != af.kind:
         raise ValueError("weights and activations use different quantization kinds; cannot describe the model")
     first = model.enc1.conv1
-    activation = type(model.enc1.act1).__name__.lower()         # ReLU, Tanh, TernaryTanh
+    activation = type(model.dec1.act1).__name__.lower()         # ReLU, Tanh, TernaryTanh
+    first_block = "same" if type(model.enc1.act1) is type(model.dec1.act1) else "relu"   # the original GM model's
     return {"quantization": wf.kind, "weight_i_width": wf.i_bits, "weight_f_width": wf.f_bits,
             "activation_i_width": af.i_bits, "activation_f_width": af.f_bits, "fixed_mode": wf.mode,
             "activation": activation, "dropout": hasattr(model.enc1, "drop1"), "init_type": "uniform",
-            "base_width": first.out_channels}
+            "base_width": first.out_channels, "first_block_activation": first_block}
 
 
 def _write_atomic(path: Path, parts: Sequence[bytes]) -> None:

@@ -48,17 +48,19 @@ def bce_dice_loss(
 
     ``legacy_double_sigmoid=True`` reproduces the original code's bug: its model returned
     probabilities p = sigmoid(logits) and the EM loss then fed p to BCE-with-logits, i.e.
-    applied a second sigmoid. The BCE term becomes BCEWithLogits(sigmoid(logits), target)
-    while the Dice term is unchanged. Since sigmoid(p) lies in (0.5, 0.73) for p in (0, 1),
-    that BCE never reaches 0 and keeps pushing p toward 1 on foreground, which is why the
-    paper's outputs saturated enough for the 0.999 threshold. Off by default.
+    applied a second sigmoid. Its loss then took sigmoid(p) for the Dice term as well, so both
+    terms see q = sigmoid(sigmoid(logits)): BCEWithLogits(p, target) and 1 - D(q, target) (see
+    docs/original-experiments.md). Since q lies in (0.5, 0.73) for p in (0, 1), that loss never
+    reaches 0 and keeps pushing p toward 1 on foreground, which is why the paper's outputs
+    saturated enough for the 0.999 threshold. Off by default.
     """
     target = target.to(logits.dtype)
     probs = torch.sigmoid(logits)
     # The legacy path treats the probabilities as if they were logits (the original bug).
     bce_input = probs if legacy_double_sigmoid else logits
     bce = F.binary_cross_entropy_with_logits(bce_input, target, reduction="mean")
-    return 0.5 * bce + 0.5 * (1.0 - dice_coefficient(probs, target, eps))
+    dice_input = torch.sigmoid(probs) if legacy_double_sigmoid else probs
+    return 0.5 * bce + 0.5 * (1.0 - dice_coefficient(dice_input, target, eps))
 
 
 def build_loss(name: str, legacy_double_sigmoid: bool = False) -> Loss:

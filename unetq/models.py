@@ -43,14 +43,16 @@ class UNet(nn.Module):
     every activation quantizer; ``base_width`` scales all widths (64 = the paper)."""
 
     def __init__(self, weights: QuantFormat = FLOAT, acts: QuantFormat = FLOAT, activation: str = "relu",
-                 dropout: bool = False, base_width: int = 64, init_type: str = "uniform"):
+                 dropout: bool = False, base_width: int = 64, init_type: str = "uniform",
+                 first_block_activation: str = "same"):
         super().__init__()
         w1, w2, w4 = base_width, 2 * base_width, 4 * base_width
 
-        def block(cin, cout, fmt=weights):
-            return Block(cin, cout, fmt, acts, activation, dropout)
+        def block(cin, cout, fmt=weights, act=activation):
+            return Block(cin, cout, fmt, acts, act, dropout)
 
-        self.enc1 = block(1, w1, FLOAT)          # first block: float convs, quantized activations
+        # first block: float convs, quantized activations (ReLU there with "relu": the original GM model)
+        self.enc1 = block(1, w1, FLOAT, activation if first_block_activation == "same" else first_block_activation)
         self.enc2 = block(w1, w2)
         self.enc3 = block(w2, w4)
         self.bottom = block(w4, w4)
@@ -67,8 +69,12 @@ class UNet(nn.Module):
                 if isinstance(m, QuantConv2d) and not n.startswith("enc1.")]
 
     def _init_quantized(self, init_type: str) -> None:
-        """U(-1, 1) weights and zero bias on the quantizable convs (what the original did), or the
-        Glorot variant U(+-sqrt(1.5 / (fan_in + fan_out))); the float convs keep PyTorch's default."""
+        """U(-1, 1) weights and zero bias on the quantizable convs (what the original did when it
+        quantized), or the Glorot variant U(+-sqrt(1.5 / (fan_in + fan_out))), or ``torch``: PyTorch's
+        default kept (what the original's plain convs had under Normal); the float convs keep PyTorch's
+        default."""
+        if init_type == "torch":
+            return
         for _, conv in self.quantized_convs():
             if init_type == "glorot":
                 fan_in = conv.in_channels * 9
@@ -77,7 +83,7 @@ class UNet(nn.Module):
             elif init_type == "uniform":
                 bound = 1.0
             else:
-                raise ValueError(f"init_type must be uniform or glorot, got {init_type!r}")
+                raise ValueError(f"init_type must be uniform, glorot or torch, got {init_type!r}")
             nn.init.uniform_(conv.weight, -bound, bound)
             nn.init.zeros_(conv.bias)
 
@@ -109,7 +115,7 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 MODEL_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width", "activation_f_width",
-              "fixed_mode", "activation", "dropout", "init_type", "base_width")
+              "fixed_mode", "activation", "dropout", "init_type", "base_width", "first_block_activation")
 
 
 def model_options(config: Any) -> dict:
@@ -144,4 +150,5 @@ def build_model(config: Any) -> UNet:
     opts = model_options(config)
     weights, acts = formats(opts)
     return UNet(weights, acts, activation=opts["activation"], dropout=opts["dropout"],
-                base_width=opts["base_width"], init_type=opts["init_type"])
+                base_width=opts["base_width"], init_type=opts["init_type"],
+                first_block_activation=opts["first_block_activation"])

@@ -5,7 +5,12 @@ copied from the BASE's config with a few keys changed (comments are kept).
         activation_f_width=0 weight_i_width=0 weight_f_width=3
 
 The new config is validated before anything is written; an existing folder is never overwritten.
-``experiment_name`` is set to the folder's name.
+``experiment_name`` is set to the folder's name. ``--base`` is found relative to the current folder
+or to the repository; a BASE of another dataset than the destination's parent folder (em/, gm/, nih/)
+is refused. ``--relink`` repairs an existing folder instead: its links to the BASE's scripts are made
+again for where the folder now lies (e.g. after ``cp -r`` one level deeper); config.yaml is kept.
+
+    python -m unetq.newexp em/a4_0_w0_2/a6_0_w0_2 --base EM_BASE --relink
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Mapping
 import yaml
 
 from .config import ConfigError, parse_overrides, validate
-from .paths import base_module
+from .paths import PROJECT_ROOT, base_module, broken_links
+from .sweep import script_recipe
 
 
 def edit_yaml_text(text: str, edits: Mapping[str, object], section: str = "UNET") -> str:
@@ -57,25 +63,85 @@ def _scalar(value: object) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def find_base(base: Path) -> Path:
+    """The BASE folder ``base`` names: as given (relative to the current folder), else relative to
+    the repository (``--base EM_BASE`` works from inside em/). ConfigError when neither is a BASE."""
+    base = Path(base)
+    for candidate in (base, PROJECT_ROOT / base):
+        if (candidate / "config.yaml").is_file() and base_script(candidate):
+            return candidate
+    raise ConfigError(f"{base}: not a BASE folder (no config.yaml and *_unet.py here nor in {PROJECT_ROOT}); "
+                      f"allowed: EM_BASE, GM_BASE, NIH_BASE or a path to one")
+
+
+def base_script(base: Path) -> Path | None:
+    """The entry script (``*_unet.py``) of a BASE folder, or None."""
+    return next(iter(sorted(Path(base).glob("*_unet.py"))), None)
+
+
+def base_dataset(base: Path) -> str | None:
+    """The dataset a BASE's script trains (the first argument of its ``run_script`` call)."""
+    script = base_script(base)
+    return script_recipe(script)[0] if script else None
+
+
+def check_parent(dest: Path, base: Path) -> None:
+    """Refuse a BASE of another dataset than the destination's parent folder, when that folder is named
+    after a dataset (em/, gm/, nih/) at any depth above ``dest``."""
+    dataset = base_dataset(base)
+    for parent in Path(dest).resolve().parents:
+        if parent.name in ("em", "gm", "nih"):
+            if dataset and parent.name != dataset:
+                raise ConfigError(f"{dest}: lies in {parent.name}/, but {base.name} trains {dataset!r}; use "
+                                  f"--base {parent.name.upper()}_BASE, or put the folder in {dataset}/")
+            return
+
+
 def create(dest: Path, base: Path, edits: Mapping[str, object], section: str = "UNET") -> Path:
     """Create experiment folder ``dest`` from BASE folder ``base`` with config ``edits``."""
-    dest, base = Path(dest), Path(base)
+    dest, base = Path(dest), find_base(base)
     if dest.exists():
-        raise ConfigError(f"{dest}: already exists; choose a new folder name (nothing was changed)")
-    base_config = base / "config.yaml"
-    if not base_config.is_file():
-        raise ConfigError(f"{base}: not a BASE folder (no config.yaml)")
+        hint = "; its links are broken: repair them with --relink" if broken_links(dest) else ""
+        raise ConfigError(f"{dest}: already exists; choose a new folder name (nothing was changed){hint}")
+    check_parent(dest, base)
     edits = {**edits, "experiment_name": dest.name}
-    text = edit_yaml_text(base_config.read_text(encoding="utf-8"), edits, section)
+    text = edit_yaml_text((base / "config.yaml").read_text(encoding="utf-8"), edits, section)
     raw = yaml.safe_load(text)[section]
-    module = base_module(base)
-    validate(raw, source=dest / "config.yaml", section=section, extra_fields=getattr(module, "FIELDS", ()),
-             dataset=raw.get("dataset"))
+    dataset, recipe = script_recipe(base_script(base))
+    validate(raw, source=dest / "config.yaml", section=section, recipe=recipe,
+             extra_fields=getattr(base_module(base), "FIELDS", ()), dataset=dataset)
     dest.mkdir(parents=True)
-    for script in sorted(base.glob("*.py")):
-        os.symlink(os.path.relpath(script.resolve(), dest.resolve()), dest / script.name)
+    link_scripts(dest, base)
     (dest / "config.yaml").write_text(text, encoding="utf-8")
     return dest
+
+
+def link_scripts(dest: Path, base: Path) -> list[str]:
+    """Link every ``*.py`` of ``base`` into ``dest`` with a relative link (it survives a clone of the
+    repository), replacing a link of the same name; returns the names linked. A plain file of that name
+    is never replaced."""
+    names = []
+    for script in sorted(Path(base).glob("*.py")):
+        link = Path(dest) / script.name
+        if link.exists() and not link.is_symlink():
+            raise ConfigError(f"{link}: a file, not a link; move it away to relink (nothing was changed)")
+        target = os.path.relpath(script.resolve(), Path(dest).resolve())
+        if link.is_symlink():
+            if os.readlink(link) == target:
+                continue
+            link.unlink()
+        os.symlink(target, link)
+        names.append(script.name)
+    return names
+
+
+def relink(dest: Path, base: Path) -> list[str]:
+    """Repair the links of the existing experiment folder ``dest`` to BASE ``base``; returns what changed."""
+    dest, base = Path(dest), find_base(base)
+    if not (dest / "config.yaml").is_file():
+        raise ConfigError(f"{dest}: not an experiment folder (no config.yaml); create it without --relink")
+    check_parent(dest, base)
+    return link_scripts(dest, base)
 
 
 def main(argv=None) -> int:
@@ -83,14 +149,22 @@ def main(argv=None) -> int:
     parser.add_argument("dest", help="the new experiment folder, e.g. em/a5_0_w0_3")
     parser.add_argument("--base", required=True, help="the BASE folder, e.g. EM_BASE")
     parser.add_argument("--section", default="UNET", help="YAML section (default UNET)")
+    parser.add_argument("--relink", action="store_true", help="repair the links of an existing folder "
+                                                                "(config.yaml is kept)")
     parser.add_argument("edits", nargs="*", metavar="KEY=VALUE", help="config keys to change")
     args = parser.parse_intermixed_args(argv)
     try:
+        if args.relink:
+            if args.edits:
+                raise ConfigError("--relink keeps config.yaml as it is; edit it, or give no KEY=VALUE")
+            changed = relink(Path(args.dest), Path(args.base))
+            print(f"{args.dest}: relinked {', '.join(changed)}" if changed else f"{args.dest}: links already right")
+            return 0
         dest = create(Path(args.dest), Path(args.base), parse_overrides(args.edits, "newexp"), args.section)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"created {dest}: config.yaml + links to {', '.join(p.name for p in sorted(Path(args.base).glob('*.py')))}")
+    print(f"created {dest}: config.yaml + links to {', '.join(p.name for p in sorted(find_base(args.base).glob('*.py')))}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +19,43 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def broken_links(folder: Path) -> list[str]:
+    """One line per symbolic link in ``folder`` that points nowhere (e.g. an experiment folder copied one
+    level deeper with ``cp -r``: its relative links keep their old depth): which link, where it points,
+    and the command that recreates the folder's links."""
+    folder = Path(folder)
+    try:
+        links = sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists())
+    except OSError:
+        return []
+    lines = []
+    for link in links:
+        base = _base_of(link)
+        lines.append(f"{link}: a link to {os.readlink(link)}, which does not exist (was the folder moved or "
+                     f"copied to another depth?); recreate the links with: python -m unetq.newexp "
+                     f"{_shown(folder)} --base {base} --relink")
+    return lines
+
+
+def _base_of(link: Path) -> str:
+    """The BASE a broken link meant: the ``*_BASE`` folder its target names, else the BASE holding the
+    folder's entry script (``em_unet.py`` -> EM_BASE)."""
+    named = [part for part in Path(os.readlink(link)).parts if part.endswith("_BASE")]
+    if named:
+        return named[-1]
+    scripts = {p.name for p in link.parent.glob("*_unet.py")}
+    return next((b.name for b in sorted(PROJECT_ROOT.glob("*_BASE")) if scripts & {p.name for p in b.glob("*_unet.py")}),
+                "BASE")
+
+
+def _shown(folder: Path) -> str:
+    """``folder`` relative to the current folder when it lies below it (a shorter command to copy)."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(folder)
 
 
 def shared_data_dir() -> Path:

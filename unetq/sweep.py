@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .config import RUN_ONLY_KEYS, ConfigError, load, parse_overrides, read_yaml
-from .paths import base_module
+from .paths import base_module, broken_links
 from .runlog import CONFIG_NAME, SUMMARY_NAME
 
 
@@ -67,13 +67,25 @@ def find_experiments(paths: Sequence[Path], only: str | None = None) -> list[Pat
         if not path.is_dir():
             raise ConfigError(f"{path}: not a folder")
         candidates = [path] if (path / "config.yaml").is_file() else sorted(p for p in path.iterdir() if p.is_dir())
-        for c in candidates:
+        for c in [n for c in candidates for n in (c, *_nested(c))]:
             if (c / "config.yaml").is_file() and _script(c) and c.resolve() not in seen:
                 seen.add(c.resolve())
                 found.append(c)
     if only:
         patterns = [p.strip() for p in only.split(",") if p.strip()]
         found = [f for f in found if any(fnmatch.fnmatch(f.name, p) for p in patterns)]
+    return found
+
+
+def _nested(folder: Path, depth: int = 3) -> list[Path]:
+    """Experiment folders inside an experiment folder (the original repository nests them, e.g.
+    a4_0_w0_2/a6_0_w0_2), down to ``depth`` levels; run folders have no script and are passed over."""
+    if depth == 0 or not (folder / "config.yaml").is_file():
+        return []
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
+        if (sub / "config.yaml").is_file() and _script(sub):
+            found += [sub, *_nested(sub, depth - 1)]
     return found
 
 
@@ -279,6 +291,18 @@ def run_all(jobs: list[Job], override_args: list[str], n_parallel: int, section:
     return failures
 
 
+def unrunnable(jobs: Sequence[Job]) -> list[tuple[Job, str]]:
+    """The jobs whose folder has a broken link, with its one line (they are not started: Python would
+    only say "can't open file"); the sweep reports them with the other failures."""
+    found = []
+    for job in jobs:
+        lines = broken_links(job.folder)
+        if lines:
+            print(f"[sweep] {job.name}: not run: {lines[0]}", flush=True)
+            found.append((job, lines[0]))
+    return found
+
+
 def plan(jobs: Sequence[Job], force: bool) -> list[Job]:
     """The jobs to run, saying why each complete run is skipped or run again."""
     todo = []
@@ -373,12 +397,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.slurm}: a job array of {len(jobs)} runs (submit with: sbatch {args.slurm})")
         return 0
     todo = plan(jobs, args.force)
-    failures = run_all(todo, args.override, args.jobs, args.type) if todo else []
+    broken = unrunnable(todo)
+    skipped = {id(job) for job, _ in broken}
+    todo = [job for job in todo if id(job) not in skipped]
+    failures = broken + (run_all(todo, args.override, args.jobs, args.type) if todo else [])
+    todo += [job for job, _ in broken]
     table_ok = write_results(jobs, args.results) if args.results else True
     if failures:
         print(f"[sweep] {len(failures)} of {len(todo)} runs failed:", file=sys.stderr)
         for job, reason in failures:
-            print(f"  {job.name}: {reason}  (log: {job.log})", file=sys.stderr)
+            log = f"  (log: {job.log})" if job.log.exists() else ""
+            print(f"  {job.name}: {reason}{log}", file=sys.stderr)
         return 1
     print(f"[sweep] {len(todo)} run(s) done, {len(jobs) - len(todo)} skipped")
     return 0 if table_ok else 1
