@@ -26,7 +26,6 @@ OUTSIDE = {"SOURCES.md": "the sample data's own index, in ../shared/data beside 
 # this list when its branch is merged (test_pending_documents_are_still_missing says when).
 PENDING = {
     "docs/onnx.md": "the ONNX export page, written on the ONNX branch",
-    "docs/original-experiments.md": "the original-code compatibility page, written on its own branch",
 }
 
 
