@@ -25,6 +25,9 @@ HD_UNIT = {"em": "px"}
 ORDER = ("full precision", "a8.8/w8.8", "a8.0/w0.8", "a6.0/w0.4", "a6.0/w0.2", "a4.0/w0.2", "a2.0/w0.2",
          "BNN", "Ternary")
 PAPER_PROTOCOL = {"data_source": "real", "base_width": 64, "num_epochs": 200}
+# EM's "sample" source is the complete real ISBI 2012 training set, i.e. the paper's data; GM's and NIH's
+# samples are one scan each, not their data sets (docs/datasets.md)
+PAPER_DATA = {"em": ("real", "sample"), "gm": ("real",), "nih": ("real",)}
 NOT_PAPER, OTHER_PROTOCOL = "†", "‡"
 SKIP_PREFIXES = ("inference_", "visualize_", ".", "__")
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -218,17 +221,22 @@ def cell_of(entry: Entry, opts: dict | None) -> dict:
         dice, dice_epoch = float(s["best_dice"]), s["best_epoch"]
     d05, d05_epoch, d05_row = _best(entry.rows, "dice_05")
     hd95 = best_row.get("hd95") if best_row else None
+    # the other class (EM: membrane) of the same predictions, at each threshold's best epoch
+    bg = best_row.get("dice_bg") if best_row else None
+    bg05 = d05_row.get("dice_bg_05") if d05_row else None
     source = s.get("data_source") or cfg.get("data_source") or (entry.rows[-1].get("data_source") if entry.rows else "")
     num_epochs = s.get("num_epochs") or cfg.get("num_epochs") or ""
     epochs_done = s.get("epochs_done", len(entry.rows)) if not entry.missing else 0
     base_width = opts["base_width"] if opts else s.get("base_width", "")
     status = "no run" if entry.missing else s.get("status", "unknown")
-    protocol = {"data_source": source, "base_width": base_width, "num_epochs": num_epochs}
+    protocol = {"data_source": "real" if source in PAPER_DATA.get(entry.dataset, ("real",)) else source,
+                "base_width": base_width, "num_epochs": num_epochs}
     cell = {
         "run": str(entry.folder), "experiment": entry.name, "status": status,
         "dice": _round(dice), "dice_epoch": dice_epoch or "", "threshold": cfg.get("threshold", s.get("threshold", "")),
         "delta": "", "dice05": _round(d05), "dice05_epoch": d05_epoch or "", "delta05": "",
         "hd95": _round(hd95), "hd95_05": _round(d05_row.get("hd95_05") if d05_row else None),
+        "dice_bg": _round(bg), "dice_bg05": _round(bg05),
         "hd95_unit": HD_UNIT.get(entry.dataset, ""),
         "data_source": source or "", "epochs_done": epochs_done, "num_epochs": num_epochs, "base_width": base_width,
         # an interrupted or still running run at the paper's settings is not a paper number either
