@@ -224,7 +224,7 @@ def choose_threshold(dataset: str, groups: Sequence[Group]) -> Threshold:
                  for why in [never_saturated(e)] if why]
     if not accidents:
         return Threshold(thr, "dice", "dice_bg", f"threshold {thr:g} (the runs' own)")
-    label, why = accidents[0]
+    label, why = min(accidents, key=lambda a: a[0] != "full precision")     # the reference's, if it is one
     return Threshold(0.5, "dice_05", "dice_bg_05",
                      f"threshold 0.5, not the runs' {thr:g}: the outputs of {len(accidents)} of {len(entries)} "
                      f"runs never reach {thr:g}, so their best epoch at {thr:g} is an early accident, not a "
