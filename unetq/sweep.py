@@ -235,7 +235,8 @@ def job_command(job: Job, override_args: Sequence[str], section: str = "UNET") -
 
 def shell_line(job: Job, override_args: Sequence[str], section: str = "UNET") -> str:
     """:func:`job_command` as one line to paste into a shell (``cd FOLDER && python ...``)."""
-    return f"cd {shlex.quote(str(job.folder))} && " + " ".join(map(shlex.quote, job_command(job, override_args, section)))
+    command = " ".join(map(shlex.quote, job_command(job, override_args, section)))
+    return f"cd {shlex.quote(str(job.folder))} && {command}"
 
 
 def _call(cmd: list[str], job: Job, env: dict) -> int:

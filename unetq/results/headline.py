@@ -301,7 +301,8 @@ def cell_text(h: Headline, row: str, dataset: str, key: str) -> str:
     if not values:
         return DASH
     mark = "" if g.cell["paper_protocol"] == "yes" else f" {NOT_PAPER}"
-    return f"{_value_text(values)}{mark} · {_delta_text(difference(h, row, dataset, key), g.reference is g, g.same_protocol)}"
+    change = _delta_text(difference(h, row, dataset, key), g.reference is g, g.same_protocol)
+    return f"{_value_text(values)}{mark} · {change}"
 
 
 def _row_common(h: Headline, row: str) -> tuple[str, str]:
