@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -11,7 +12,7 @@ import yaml
 from unetq import checkpoint
 from unetq.cli import run_script
 from unetq.config import validate
-from unetq.engine import lr_at, ternary_beta
+from unetq.engine import evaluate, lr_at, ternary_beta
 from unetq.paths import base_module
 
 EM = base_module("EM_BASE")
@@ -141,3 +142,31 @@ def test_lr_schedules_match_pytorch_schedulers():
     cfg = validate({"num_epochs": 200})
     assert ternary_beta(cfg, 1) == 3.0 and ternary_beta(cfg, 200) == 8.0
     assert math.isclose(ternary_beta(cfg, 100), 3 + 5 * 99 / 199)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A "model" whose logits are a fixed function of the input, so that the probabilities are known."""
+
+    def forward(self, x):
+        return 6.0 * (x - 0.5)
+
+
+def test_other_class_dice_is_the_complements_dice_at_both_thresholds():
+    # 3 slices of random images and masks; the scored class is mask 1, the other class its complement
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 1, 16, 16, generator=gen)
+    masks = (torch.rand(3, 1, 16, 16, generator=gen) > 0.3).float()
+    loader = [{"image": images, "mask": masks, "spacing": torch.full((3, 2), float("nan")),
+               "index": torch.arange(3)}]
+    cfg = validate({"threshold": 0.7})
+    metrics, _ = evaluate(_FixedLogits(), loader, cfg, torch.device("cpu"))
+    probs = 1.0 / (1.0 + np.exp(-6.0 * (images[:, 0].numpy().astype(np.float64) - 0.5)))
+    gt_other = masks[:, 0].numpy() < 0.5
+
+    def mean_dice(pred, gt):        # per-slice 2|A n B| / (|A| + |B|), then the mean, x100
+        return 100 * np.mean([2 * (p & g).sum() / (p.sum() + g.sum()) for p, g in zip(pred, gt)])
+
+    assert metrics["dice_bg"] == pytest.approx(mean_dice(probs < 0.7, gt_other), abs=1e-6)
+    assert metrics["dice_bg_05"] == pytest.approx(mean_dice(probs < 0.5, gt_other), abs=1e-6)
+    assert metrics["dice"] == pytest.approx(mean_dice(probs >= 0.7, ~gt_other), abs=1e-6)
+    assert metrics["dice_bg"] != pytest.approx(metrics["dice_bg_05"])        # the two thresholds differ here

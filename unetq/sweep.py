@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -47,6 +47,7 @@ class Job:
     script: str
     run_dir: Path
     settings: dict | None = None      # the resolved config after overrides; None if it does not validate
+    override_args: list = field(default_factory=list)    # this job's own KEY=VALUE, after the sweep's
 
     @property
     def name(self) -> str:
@@ -226,9 +227,7 @@ def run_job(job: Job, override_args: list[str], gpus: queue.Queue | None, sectio
     gpu = gpus.get() if gpus is not None else None
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    cmd = [sys.executable, job.script, "-f", "config.yaml", "-t", section, "-q"]
-    if override_args:
-        cmd += ["-o", *override_args]
+    cmd = job_command(job, override_args, section)
     started = time.perf_counter()
     job.log.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -236,6 +235,20 @@ def run_job(job: Job, override_args: list[str], gpus: queue.Queue | None, sectio
     finally:
         if gpu is not None:
             gpus.put(gpu)
+
+
+def job_command(job: Job, override_args: Sequence[str], section: str = "UNET") -> list[str]:
+    """The command a job runs in its experiment folder: its script, as a user would run it, with the
+    sweep's overrides and then the job's own."""
+    cmd = [sys.executable, job.script, "-f", "config.yaml", "-t", section, "-q"]
+    args = [*override_args, *job.override_args]
+    return cmd + ["-o", *args] if args else cmd
+
+
+def shell_line(job: Job, override_args: Sequence[str], section: str = "UNET") -> str:
+    """:func:`job_command` as one line to paste into a shell (``cd FOLDER && python ...``)."""
+    command = " ".join(map(shlex.quote, job_command(job, override_args, section)))
+    return f"cd {shlex.quote(str(job.folder))} && {command}"
 
 
 def _call(cmd: list[str], job: Job, env: dict) -> int:
