@@ -35,15 +35,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__, memory
+from . import __version__, checkpoint, export, memory
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import ConfigError, validate
 from .layers import QuantFormat, TernaryTanh
+from .models import build_model
+from .paths import base_module, code_version
+from .quantize import pow2_limit
 
 FLAVOURS = ("reference", "qcdq", "qonnx")
 OPSET = 17
 QONNX_DOMAIN = "qonnx.custom_op.general"
-INSTALL = {"onnx": "onnx", "onnxruntime": "onnxruntime", "qonnx": "qonnx"}
 
 
 class ExportRefused(ValueError):
@@ -63,7 +65,7 @@ def require(module: str):
         return importlib.import_module(module)
     except ImportError:
         raise MissingPackage(f"the {module!r} package is needed for this; install it with: "
-                             f"pip install {INSTALL.get(module, module)}") from None
+                             f"pip install {module}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,20 +208,13 @@ def _act_reference(g: _Graph, x: str, af: QuantFormat) -> str:
         log2 = g.op("Mul", g.op("Log", wide), g.const(1.0 / math.log(2.0), np.float64))
         expo = g.op("Round", g.op("Cast", log2, to=g.onnx.TensorProto.FLOAT))
         level = g.op("Pow", g.const(2.0), expo)
-        m = memory_limit(af)
+        m = pow2_limit(af.i_bits, af.f_bits)
         return g.clip(g.op("Mul", level, g.op("Sign", x)), -m, m)
     if af.kind == "int":
         return g.op("Sub", g.op("Floor", _int_scaled(g, x, af)), g.const(2.0 ** (af.i_bits - 1)))
     if af.kind == "bnn":
         return g.op("Sign", x)
     return x                                       # normal, ternary: activations stay float
-
-
-def memory_limit(af: QuantFormat) -> float:
-    """pow2's clamp M (the same function the quantizer uses)."""
-    from .quantize import pow2_limit
-
-    return pow2_limit(af.i_bits, af.f_bits)
 
 
 def _int_scaled(g: _Graph, x: str, af: QuantFormat) -> str:
@@ -438,9 +433,6 @@ def taps_of(proto) -> list[str]:
 def load_source(path: Path | str) -> tuple[torch.nn.Module, dict, dict]:
     """(U-Net in eval mode, its config keys, where it came from) for a run folder (its best.pt, else
     last.pt), a checkpoint or a packed ``.uqp`` file. Raises CheckpointError with one line."""
-    from . import checkpoint, export
-    from .models import build_model
-
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()]
@@ -467,8 +459,6 @@ def load_source(path: Path | str) -> tuple[torch.nn.Module, dict, dict]:
 
 def metadata(model, config: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, str]:
     """The ONNX metadata: config, code version, source and the two formats."""
-    from .paths import code_version
-
     return {"unetq.config": json.dumps(dict(config), default=str, sort_keys=True),
             "unetq.code_version": code_version(), "unetq.source": json.dumps(dict(source), default=str),
             "unetq.weights": model.weight_format.describe(), "unetq.activations": model.activation_format.describe()}
@@ -630,9 +620,6 @@ def _mask(logits: np.ndarray, threshold: float) -> np.ndarray:
 def validation_images(config: Mapping[str, Any], data_source: str | None = None, limit: int | None = None) -> np.ndarray:
     """The validation slices (N, 1, H, W) of the run's dataset, read by its BASE's datasets.py
     (``data_source`` overrides the run's, e.g. phantom where the sample data is absent)."""
-    from .config import validate
-    from .paths import base_module
-
     dataset = config.get("dataset") or "em"
     base = base_module(f"{dataset.upper()}_BASE")
     raw = {k: v for k, v in config.items() if v is not None}
