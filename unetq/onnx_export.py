@@ -35,11 +35,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__, checkpoint, export, memory
+from . import __version__, export, memory
 from .checkpoint import CheckpointError
 from .config import ConfigError, validate
 from .layers import QuantFormat, TernaryTanh
-from .models import build_model
 from .paths import base_module, code_version
 from .quantize import pow2_limit
 
@@ -446,15 +445,10 @@ def load_source(path: Path | str) -> tuple[torch.nn.Module, dict, dict]:
         config = {**header["model"], "experiment_name": source.get("experiment_name") or path.stem,
                   **({"dataset": source["dataset"]} if source.get("dataset") else {})}
         return model, config, {"file": str(path), **source}
-    ckpt = checkpoint.load(path)
-    if not ckpt["config"]:
-        raise CheckpointError(f"{path}: holds no config, so the model settings are unknown; export a run's "
-                              f"best.pt or last.pt")
-    model = build_model(ckpt["config"])
-    checkpoint.load_into(model, ckpt["model"], path)
+    model, ckpt = export.load_checkpoint_model(path)
     source = {"file": str(path), "epoch": ckpt.get("epoch"), "best_dice": ckpt.get("best_dice"),
               "data_source": ckpt.get("data_source")}
-    return model.eval(), dict(ckpt["config"]), source
+    return model, dict(ckpt["config"]), source
 
 
 def metadata(model, config: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, str]:
