@@ -195,6 +195,8 @@ COMMON_FIELDS: tuple[Field, ...] = (
     Field("sync_bn", "bool", False, "under torchrun: SyncBatchNorm (statistics over the global batch; CUDA only)"),
     Field("overlay_every", "int", 10, "write prediction overlays every N epochs (0: only at the end)",
           low=0, high=100000),
+    Field("tensorboard", "bool", True, "TensorBoard event files in the run folder: losses, metrics, lr, overlays, "
+          "weight histograms (needs the tensorboard package; docs/onnx.md)"),
 )
 
 
@@ -244,7 +246,7 @@ class Config:
 # Keys that say where a run writes and how fast it runs, never what it computes: a resume may change
 # them, and the sweep does not compare them when it decides whether a finished run is still current.
 RUN_ONLY_KEYS = frozenset({"operation_mode", "experiment_name", "log_output_dir", "device", "gpu_core_num",
-                           "num_workers", "overlay_every"})
+                           "num_workers", "overlay_every", "tensorboard"})
 
 
 def _where(source: Path | None) -> str:

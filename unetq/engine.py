@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, figures
+from . import checkpoint, figures, tensorboard_log
 from .config import Config
 from .data import DataBundle
 from .distributed import SINGLE, EpochShuffle, Shard, World, gather
@@ -324,6 +324,8 @@ def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 
     history = list(history or [])
     epochs = tqdm(range(start_epoch, cfg.num_epochs + 1), desc="epochs", disable=None if world.is_main else True,
                   unit="epoch", initial=start_epoch - 1, total=cfg.num_epochs)
+    # TensorBoard (flushed every epoch, so an interrupted run keeps its events)
+    board = tensorboard_log.open_writer(cfg.tensorboard, log.folder, world.is_main, log.line, start_epoch)
     for epoch in epochs:
         started = time.perf_counter()
         lr = lr_at(cfg, epoch)
@@ -352,6 +354,7 @@ def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 
                  f"val loss {metrics['val_loss']:.4f} | {format_metrics(metrics)} | lr {lr:.2e} | "
                  f"best {best_dice:.2f} (epoch {best_epoch})")
         log.metrics_row(row)
+        board.epoch(row, model, epoch)
         _save_epoch(run, epoch, metrics, best_dice, best_epoch, optimizer, improved)
         log.update_summary(epochs_done=epoch, best_dice=best_dice, best_epoch=best_epoch, last=row)
         if not world.is_main:
@@ -359,7 +362,9 @@ def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 
         figures.plot_curves(history, run.log.folder / "curves.png", title=cfg.experiment_name)
         if epoch == cfg.num_epochs or (cfg.overlay_every and epoch % cfg.overlay_every == 0):
             _overlays(run, kept, run.log.folder / "overlays" / f"epoch_{epoch:03d}.png", f"epoch {epoch}")
+            board.overlays(run.log.folder / "overlays" / f"epoch_{epoch:03d}.png", epoch)
         epochs.set_postfix(dice=f"{metrics['dice']:.2f}", best=f"{best_dice:.2f}")
+    board.close()
     return {"best_dice": best_dice, "best_epoch": best_epoch}
 
 

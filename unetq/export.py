@@ -429,6 +429,21 @@ def _int_view(t: torch.Tensor) -> torch.dtype:
     return {torch.float32: torch.int32, torch.float64: torch.int64}.get(t.dtype, t.dtype)
 
 
+def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """(the U-Net of a run's checkpoint in eval mode, the checkpoint); CheckpointError with one line
+    for a bad file or one without a config (a bare state dict does not say the model settings)."""
+    from . import checkpoint
+    from .models import build_model
+
+    ckpt = checkpoint.load(path)
+    if not ckpt["config"]:
+        raise CheckpointError(f"{path}: holds no config, so the model settings are unknown; export a run's "
+                              f"best.pt or last.pt")
+    model = build_model(ckpt["config"])
+    checkpoint.load_into(model, ckpt["model"], path)
+    return model.eval(), ckpt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unetq.export",
                                      description="Export a trained quantized U-Net to a packed file (codes at their true width).")
@@ -436,19 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="the packed file to write (e.g. model.uqp)")
     parser.add_argument("--compress", choices=COMPRESSIONS, default="none", help="lossless pass over every blob")
     args = parser.parse_args(argv)
-    from . import checkpoint
     from .config import ConfigError
-    from .models import build_model
 
     path = Path(args.checkpoint)
     try:
-        ckpt = checkpoint.load(path)
-        if not ckpt["config"]:
-            raise CheckpointError(f"{path}: holds no config, so the model settings are unknown; export a run's "
-                                  f"best.pt or last.pt")
-        model = build_model(ckpt["config"])
-        checkpoint.load_into(model, ckpt["model"], path)
-        model.eval()
+        model, ckpt = load_checkpoint_model(path)
         source = {"checkpoint": str(path), "experiment_name": ckpt["config"].get("experiment_name"),
                   "dataset": ckpt["config"].get("dataset"), "epoch": ckpt.get("epoch"),
                   "best_dice": ckpt.get("best_dice"), "data_source": ckpt.get("data_source")}
