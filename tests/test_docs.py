@@ -25,7 +25,6 @@ OUTSIDE = {"SOURCES.md": "the sample data's own index, in ../shared/data beside 
 # Documents written on other branches of the same work, linked from docs/ already. An entry leaves
 # this list when its branch is merged (test_pending_documents_are_still_missing says when).
 PENDING = {
-    "docs/onnx.md": "the ONNX export page, written on the ONNX branch",
 }
 
 
