@@ -295,7 +295,22 @@ METRIC_LINE = (("dice", "dice"), ("dice_05", "dice@0.5"), ("precision", "precisi
 
 def format_metrics(m: dict) -> str:
     """``dice 85.12 | dice@0.5 88.10 | ...`` (the paper-style part of a log line)."""
-    return " | ".join(f"{label} {m[key]:.2f}" for key, label in METRIC_LINE if key in m)
+    return " | ".join(_hd95_text(m) if key == "hd95" else f"{label} {m[key]:.2f}"
+                      for key, label in METRIC_LINE if key in m)
+
+
+def _hd95_text(m: dict) -> str:
+    """HD95 is undefined on a slice where exactly one mask is empty, and its mean is over the other
+    slices only: say how many it covers, and when that is fewer than half (e.g. a model that predicts
+    nothing, where only the both-empty slices, each 0, remain) show no number that reads as a good score."""
+    n, undefined = m.get("n_slices") or 0, m.get("n_hd_undefined") or 0
+    if not undefined:
+        return f"hd95 {m['hd95']:.2f}"
+    defined = n - undefined
+    if 2 * defined < n:
+        return (f"hd95 n/a (undefined on {undefined} of {n} slices, one mask empty; "
+                f"{m['hd95']:.2f} over the other {defined})")
+    return f"hd95 {m['hd95']:.2f} (over {defined} of {n} slices; undefined on {undefined}, one mask empty)"
 
 
 def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 0), optimizer=None,
