@@ -494,8 +494,8 @@ def _output_folder(cfg: Config, run_dir: Path, notes: list) -> Path:
         folder, notice = fresh_folder(run_dir)
         if notice:
             notes.append(f"notice: {notice}")
-    with open(folder / CONFIG_NAME, "w", encoding="utf-8") as fh:      # the resolved config, every mode
-        yaml.safe_dump({cfg.section: cfg.to_dict()}, fh, sort_keys=False)
+    # the resolved config, every mode
+    write_text_atomic(folder / CONFIG_NAME, yaml.safe_dump({cfg.section: cfg.to_dict()}, sort_keys=False))
     return folder
 
 

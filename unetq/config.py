@@ -316,6 +316,9 @@ def _check_combinations(v: dict, source: Path | None) -> None:
     if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
         raise ConfigError(f"{where}: key 'experiment_name': {shown(name)} is not allowed; allowed: a plain folder "
                           f"name (no '/', not '.' or '..'): runs go to log_output_dir/experiment_name")
+    if name is not None and len(name.encode("utf-8", "replace")) > 255:   # the longest file name a disk takes
+        raise ConfigError(f"{where}: key 'experiment_name': {shown(name)} is too long; allowed: a folder name of "
+                          f"at most 255 bytes")
     device = v["device"].lower()
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"{where}: key 'device': {shown(v['device'])} is not allowed; allowed: auto, cpu, cuda, cuda:N")
