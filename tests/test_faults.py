@@ -51,7 +51,8 @@ def test_a_stopped_sweep_stops_its_run_and_starts_nothing_else(tmp_path, signals
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = long / "runs" / "a_long"
     try:
-        wait_for(log_has(run_dir / "log.txt", "epoch 1/"), what="the sweep's first run to train an epoch")
+        wait_for(lambda: (run_dir / "summary.json").is_file() and summary(run_dir).get("epochs_done", 0) >= 1,
+                 what="the sweep's first run to complete an epoch")
         for sig in signals:
             sweep.send_signal(sig)
             time.sleep(0.3)
@@ -81,11 +82,13 @@ def test_a_resume_stopped_while_it_rewrites_metrics_loses_no_row(tmp_path):
     code, err = run(folder, "operation_mode=resume", "num_epochs=3", signals="SIGTERM=metrics.csv")
     assert code == 130 and "last.pt holds epoch 2" in one_line(err), err
     assert (run_dir / "metrics.csv").read_bytes() == before
+    leftover = run_dir / ".metrics.csv.k9x2.tmp"      # what a kill after the temporary file's creation leaves
+    leftover.write_text("epoch,half a row")
     code, err = run(folder, "operation_mode=resume", "num_epochs=3")
     assert code == 0, err
     assert epochs_in(run_dir / "metrics.csv") == [1, 2, 3]
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]     # leftovers cleaned at start
-    assert "temporary file(s) a stopped write had left" in (run_dir / "log.txt").read_text()
+    assert "removed 1 temporary file(s) a stopped write had left" in (run_dir / "log.txt").read_text()
 
 
 def test_an_early_stop_of_a_resume_says_where_the_run_is(tmp_path):
@@ -103,10 +106,11 @@ def test_an_early_stop_of_a_resume_says_where_the_run_is(tmp_path):
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_second_signal_during_shutdown_does_not_break_it(tmp_path, sig):
     folder = experiment(tmp_path, num_epochs=5)
-    # the first signal while last.pt of epoch 1 is written, the second while the stop is being recorded
-    code, err = run(folder, signals=f"{sig}=last.pt,{sig}=summary.json")
+    # the first signal while epoch 1's curves are drawn (last.pt holds epoch 1), the second while the
+    # stop is being recorded
+    code, err = run(folder, signals=f"{sig}=curves.png,{sig}=summary.json")
     line = one_line(err)
-    assert code == 130 and line.startswith("error: interrupted") and "operation_mode: resume" in line, err
+    assert code == 130 and line.startswith("error: interrupted") and "last.pt holds epoch 1" in line, err
     assert summary(folder / "runs" / "x")["status"] == "interrupted"
 
 

@@ -56,6 +56,15 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def assert_resume_refused(folder, capsys, *words):
+    """A resume of ``folder``'s run is refused in one line holding ``words``, and writes nothing."""
+    before = snapshot(folder / "runs")
+    code, err = run(folder, {**TINY, "operation_mode": "resume"}, capsys, "num_epochs=3")
+    line = one_line(err)
+    assert code == 2 and all(w in line for w in words), line
+    assert snapshot(folder / "runs") == before              # log.txt, summary.json, metrics.csv untouched
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One complete 2-epoch run (its folder is copied by the tests that change it)."""
@@ -96,11 +105,7 @@ def test_a_checkpoint_with_flipped_bytes_is_named_not_used(trained, tmp_path, ca
 def test_impossible_bookkeeping_is_refused_before_anything_is_written(copy, capsys, key, value, words):
     last = copy / "runs/r/last.pt"
     checkpoint.save({**checkpoint.load(last), key: value}, last)
-    before = snapshot(copy / "runs")
-    code, err = run(copy, {**TINY, "operation_mode": "resume"}, capsys, "num_epochs=3")
-    line = one_line(err)
-    assert code == 2 and str(last) in line and words in line, line
-    assert snapshot(copy / "runs") == before
+    assert_resume_refused(copy, capsys, str(last), words)
 
 
 def test_an_optimizer_state_of_another_width_or_a_bad_rng_is_refused_before_writing(copy, capsys):
@@ -112,11 +117,7 @@ def test_an_optimizer_state_of_another_width_or_a_bad_rng_is_refused_before_writ
     for bad, words in (({**good, "optimizer": wider}, "Adam's exp_avg has shape"),
                        ({**good, "rng": {"torch": torch.zeros(3)}}, "random state does not fit")):
         checkpoint.save(bad, last)
-        before = snapshot(copy / "runs")
-        code, err = run(copy, {**TINY, "operation_mode": "resume"}, capsys, "num_epochs=3")
-        line = one_line(err)
-        assert code == 2 and words in line, line
-        assert snapshot(copy / "runs") == before                     # log.txt and summary.json untouched
+        assert_resume_refused(copy, capsys, str(last), words)
 
 
 def test_a_negative_batchnorm_variance_is_refused(trained, tmp_path, capsys):
@@ -185,15 +186,15 @@ BOMB = """UNET:
     ('UNET:\n  experiment_name: "a\\0b"\n', "NUL byte"),
     ('UNET:\n  log_output_dir: "runs\\0x"\n', "NUL byte"),
     ("UNET:\n  experiment_name: " + "n" * 300 + "\n", "255"),
-])
+], ids=["alias bomb", "40000 keys", "huge value", "huge list", "NUL in name", "NUL in path", "long name"])
 def test_hostile_configs_get_one_short_line_quickly(tmp_path, capsys, text, words):
     path = tmp_path / "config.yaml"
     path.write_text(text)
-    started = time.perf_counter()
+    started = time.process_time()          # CPU time: the test machine may be busy with other work
     code = run_script("em", EM, {}, ["-f", str(path), "-q"])
     line = one_line(capsys.readouterr().err)
     assert code == 2 and words in line and len(line) < 400, line
-    assert time.perf_counter() - started < 10
+    assert time.process_time() - started < 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
@@ -206,11 +207,7 @@ def test_hostile_configs_get_one_short_line_quickly(tmp_path, capsys, text, word
 def test_a_damaged_metrics_csv_stops_a_resume_before_it_writes(copy, capsys, damage, words):
     path = copy / "runs/r/metrics.csv"
     path.write_bytes(damage(path.read_text()))
-    before = snapshot(copy / "runs")
-    code, err = run(copy, {**TINY, "operation_mode": "resume"}, capsys, "num_epochs=3")
-    line = one_line(err)
-    assert code == 2 and str(path) in line and words in line, line
-    assert snapshot(copy / "runs") == before
+    assert_resume_refused(copy, capsys, str(path), words)
 
 
 # --- 11, 10. a sweep over broken folders --------------------------------------------------------
@@ -293,10 +290,11 @@ def test_leftover_temporaries_are_counted_as_free_space_and_removed(copy, capsys
 
 def test_a_run_folder_containing_the_base_folder_is_refused(tmp_path):
     cfg = validate({**TINY, "log_output_dir": str(PROJECT_ROOT.parent), "experiment_name": PROJECT_ROOT.name},
-                   source=tmp_path / "config.yaml", dataset="em")
+                   source=tmp_path / "config.yaml", dataset="em", extra_fields=EM.FIELDS)
     with pytest.raises(ConfigError, match="contains the BASE folder"):
         check_run_dir(cfg, cfg.path("log_output_dir") / cfg.experiment_name, PROJECT_ROOT / "EM_BASE")
-    cfg = validate({**TINY, "log_output_dir": "runs"}, source=tmp_path / "config.yaml", dataset="em")
+    cfg = validate({**TINY, "log_output_dir": "runs"}, source=tmp_path / "config.yaml", dataset="em",
+                   extra_fields=EM.FIELDS)
     check_run_dir(cfg, cfg.path("log_output_dir") / cfg.experiment_name, PROJECT_ROOT / "EM_BASE")   # fine
 
 

@@ -122,6 +122,7 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: P
     if bad:
         raise CheckpointError(f"{path}: holds non-finite values (NaN or inf) in {bad[0]}"
                               f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; refusing to use it")
+    check_buffers(state, path)
     model.load_state_dict(state)
     if differs:
         notices.append(f"note: {path.name} was trained with different settings ({'; '.join(differs)})")

@@ -62,7 +62,7 @@ def run_script(dataset: str, base: ModuleType, recipe: Mapping, argv: Sequence[s
         with interrupts_from_signals():
             return _run(cfg, base, echo=not args.quiet, asked=frozenset(str(k).lower() for k in overrides))
     except KeyboardInterrupt:   # before the run folder was claimed; later ones are handled in _run_in
-        print("error: interrupted while the run was starting, before it wrote anything; its folder is unchanged",
+        print("error: interrupted while the run was starting: nothing was trained, and any last.pt is unchanged",
               file=sys.stderr)
         return 130
     except (*USER_ERRORS, OSError) as err:      # OSError: e.g. a data file that exists but cannot be read

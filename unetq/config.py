@@ -255,7 +255,8 @@ def _fail(source: Path | None, key: str, value: Any, reason: str, spec: Field | 
     allowed = f"; allowed: {spec.allowed()}" if spec else ""
     hint = ""
     if spec and spec.kind == "choice":
-        close = difflib.get_close_matches(str(value).lower(), spec.choices, n=1)
+        text = str(value).lower()[:100]      # difflib is quadratic: a huge value gets no hint
+        close = difflib.get_close_matches(text, spec.choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"{_where(source)}: key {key!r}: {shown(value)} {reason}{allowed}{hint}")
 
@@ -280,7 +281,7 @@ def validate(raw: Mapping[str, Any], *, source: Path | None = None, section: str
         key_text = str(key)
         spec = fields.get(key_text) or fields.get(key_text.lower())
         if spec is None:
-            close = difflib.get_close_matches(key_text.lower(), fields, n=1)
+            close = difflib.get_close_matches(key_text.lower()[:100], fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{_where(source)}: unknown key {shown(key_text)}{hint}")
         if spec.name in seen:
