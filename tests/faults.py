@@ -81,11 +81,6 @@ def wait_for(predicate, timeout: float = 300, what: str = "") -> None:
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
-def log_has(path: Path, text: str):
-    """A predicate: ``path`` exists and contains ``text``."""
-    return lambda: path.is_file() and text in path.read_text(encoding="utf-8", errors="replace")
-
-
 def summary(run_dir: Path) -> dict:
     """summary.json, parsed strictly (JSON has no NaN)."""
     def refuse(name):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from faults import child_env, experiment, kill, log_has, one_line, run, start, summary, wait_for
+from faults import child_env, experiment, kill, one_line, run, start, summary, wait_for
 from unetq import checkpoint, runlock
 from unetq.sweep import main as sweep_main
 

@@ -220,7 +220,7 @@ def _stopped(run: Run, err: BaseException) -> int:
         reason = f"cannot write {err.filename or 'an output file'}: {err.strerror or err}"
     else:
         reason = str(err)
-    done = log.summary.get("epochs_done")
+    done = _epoch_in_last(log.folder) or log.summary.get("epochs_done")
     how = ""
     if mode in TRAINING:
         how = (f"; last.pt holds epoch {done}: continue with operation_mode: resume" if done
@@ -234,6 +234,17 @@ def _stopped(run: Run, err: BaseException) -> int:
     if run.world.is_main:
         print(f"error: {reason}{how}", file=sys.stderr)
     return 130 if interrupted else 2
+
+
+def _epoch_in_last(folder: Path) -> int | None:
+    """The epoch the run's last.pt holds (None without one): a stop between an epoch's last.pt and its
+    summary.json update must still name that epoch. Memory-mapped: the weights are not read."""
+    path = Path(folder) / "last.pt"
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+    except Exception:      # absent, or unreadable: the summary's count is used instead
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 class Interrupted(KeyboardInterrupt):
