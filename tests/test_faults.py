@@ -52,14 +52,18 @@ def test_a_stopped_sweep_stops_its_run_and_starts_nothing_else(tmp_path, signals
     run_dir = long / "runs" / "a_long"
     try:
         wait_for(lambda: (run_dir / "summary.json").is_file() and summary(run_dir).get("epochs_done", 0) >= 1,
-                 what="the sweep's first run to complete an epoch")
+                 timeout=600, what="the sweep's first run to complete an epoch")
         for sig in signals:
             sweep.send_signal(sig)
             time.sleep(0.3)
         out, err = sweep.communicate(timeout=300)
     finally:
-        if sweep.poll() is None:
-            kill(sweep)
+        if sweep.poll() is None:        # a failed wait: stop the sweep as a user would, so no run is orphaned
+            sweep.send_signal(signal.SIGTERM)
+            try:
+                sweep.communicate(timeout=300)
+            finally:
+                kill(sweep)
     assert sweep.returncode == 130, err
     assert "Traceback" not in err and "Traceback" not in out
     assert "finished: none" in err and "interrupted: em/a_long" in err and "never started: em/b, em/c" in err
