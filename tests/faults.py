@@ -60,13 +60,13 @@ def start(folder: Path, *overrides: str, signals: str = "", section: str = "UNET
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     """Wait for ``proc``; (exit status, stderr)."""
     _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err
 
 
-def run(folder: Path, *overrides: str, signals: str = "", timeout: float = 300) -> tuple[int, str]:
+def run(folder: Path, *overrides: str, signals: str = "", timeout: float = 600) -> tuple[int, str]:
     """Run the folder's run to its end; (exit status, stderr)."""
     return finish(start(folder, *overrides, signals=signals), timeout)
 
