@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from unetq.config import ConfigError, Field
-from unetq.data import DataBundle, DataError, SliceDataset
+from unetq.data import DataBundle, DataError, SliceDataset, binary_mask
 from unetq.paths import PROJECT_ROOT, shared_data_dir
 from unetq.transforms import (CenterCrop, ChannelShift, Compose, ElasticTransform, InstanceNorm, RandomAffine,
                               resample)
@@ -117,6 +117,22 @@ TRAIN_AUGMENTATION = (ElasticTransform(alpha_range=(28.0, 30.0), sigma_range=(3.
                       RandomAffine(degrees=4.6, translate=(0.03, 0.03), scale=(0.98, 1.02), order=0),
                       ChannelShift(-0.1, 0.1))
 GM_LABEL = 1
+WM_LABEL = 2        # some challenge copies also mark white matter
+
+
+def label_volume(mask: np.ndarray, path) -> np.ndarray:
+    """The one mask rule of every GM reader, training and validation alike: label values 0, 1 (gray
+    matter) and 2 (white matter, in some copies) as they are; a binary 0/255 mask with 255 = gray
+    matter (what :func:`unetq.data.binary_mask` reads for EM). Anything else (0/0.5, 0/3, ...) is
+    refused: ``mask == 1`` would turn it into an empty target and a Dice of 0 without a word."""
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, GM_LABEL, WM_LABEL}:
+        return mask.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return binary_mask(mask, str(path))
+    found = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise DataError(f"{path}: a gray-matter mask must hold 0/1 (2 = white matter in some copies) or 0/255, "
+                    f"found values {found}")
 SAMPLE_FILES = ("t2s_uncropped.nii.gz", "t2s_uncropped_gmseg_manual.nii.gz")
 IMAGE_RE = re.compile(r"site(\d+)-sc(\d+)-image\.nii(\.gz)?")
 MASK_RE = re.compile(r"site(\d+)-sc(\d+)-mask-r(\d+)\.nii(\.gz)?")
@@ -249,7 +265,7 @@ def read_subject(subj: Subject) -> tuple[np.ndarray, dict, tuple]:
             raise DataError(f"{path}: shape {'x'.join(map(str, mask.shape))} does not match its image "
                             f"{subj.image.name} ({'x'.join(map(str, image.shape))})")
         check_same_grid(subj.image, affine, path, mask_affine, image.shape, zooms)
-        masks[rater] = mask
+        masks[rater] = label_volume(mask, path)
     return image, masks, zooms
 
 
@@ -578,6 +594,7 @@ def load_sample(folder, cfg) -> tuple[SliceSet, SliceSet, list[str], str]:
         raise DataError(f"{mask_path}: shape {'x'.join(map(str, mask.shape))} does not match its image "
                         f"{image_path.name} ({'x'.join(map(str, image.shape))})")
     check_same_grid(image_path, affine, mask_path, mask_affine, image.shape, zooms)
+    mask = label_volume(mask, mask_path)
     n = image.shape[2]
     if not 1 <= cfg.sample_val_slices < n:
         raise ConfigError(f"key 'sample_val_slices': {cfg.sample_val_slices} does not fit the sample's {n} slices; "

@@ -53,7 +53,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import ndimage
 
-from unetq.data import DataError, read_gray, resize, window
+from unetq.data import DataError, binary_mask, read_gray, resize, window
 
 DISPLAY_AXCODES = ("L", "P", "S")   # voxel (x, y, z) toward patient Left, Posterior, Superior
 AXIS_NAMES = ("columns (right -> left)", "rows (anterior -> posterior)", "slices (inferior -> superior)")
@@ -1005,6 +1005,6 @@ def _read_pairs(images: dict, masks: dict, names: list, spacing: dict) -> tuple:
         if x.dtype not in (np.uint8, np.uint16):
             raise DataError(f"{images[name]}: expected an 8- or 16-bit grayscale PNG, got {x.dtype}")
         xs.append(x.astype(np.float32) / np.iinfo(x.dtype).max)
-        ys.append((y > 127).astype(np.uint8))
+        ys.append(binary_mask(y, str(masks[name])))     # the rule of every reader: 0/255 or 0/1, else refused
     spacings = np.array([spacing.get(n, (np.nan, np.nan)) for n in names], float)
     return np.stack(xs), np.stack(ys), names, spacings

@@ -1,12 +1,14 @@
 """Multi-process training with torchrun on the CPU (gloo), against a single process."""
 
 import csv
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from unetq import runlock
 from unetq.distributed import EpochShuffle, Shard, World
 from unetq.paths import PROJECT_ROOT
 
@@ -120,6 +122,19 @@ def test_every_rank_stops_with_the_same_line(case, tmp_path):
     assert "[rank1]" not in result.stderr and "broadcast" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "config.yaml"]   # nothing written
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_a_held_run_folder_stops_every_rank_without_a_hang(tmp_path):
+    """Rank 0 alone takes the run folder's lock, without waiting (docs/running.md, "Reliability"): when
+    another process holds it, the other rank gets rank 0's line through the folder broadcast and stops
+    too; no rank waits on the lock."""
+    with runlock.acquire(tmp_path / "runs" / "x", "normal"):
+        result = run(tmp_path, {**TINY, "num_epochs": 1}, nproc=2)
+    assert result.returncode != 0
+    lines = [line for line in torchrun_error_lines(result) if not line.startswith("error: interrupted")]
+    assert 1 <= len(lines) <= 2 and len(set(lines)) == 1 and "in use by another process" in lines[0], result.stderr
+    assert f"pid {os.getpid()}" in lines[0] and "[rank1]" not in result.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".x.lock"]     # nothing written
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])

@@ -167,13 +167,13 @@ def test_children_get_their_gpu_or_their_share_of_the_cores(gpus, tmp_path, monk
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     seen = {}
 
-    def fake_call(cmd, job, env):         # the child's environment, instead of running it
+    def fake_call(cmd, job, env, stopper):   # the child's environment, instead of running it
         seen[job.name] = env
         return 0
 
     monkeypatch.setattr(sweep, "_call", fake_call)
     jobs = [sweep.Job(tmp_path / "em" / n, "em_unet.py", tmp_path / "runs" / n) for n in ("a", "b", "c")]
-    assert sweep.run_all(jobs, [], 4, "UNET") == []
+    assert sweep.run_all(jobs, [], 4, "UNET").failures == []
     if gpus:
         assert {e["CUDA_VISIBLE_DEVICES"] for e in seen.values()} == {"4", "5"}
         assert all(e.get("OMP_NUM_THREADS") != "2" for e in seen.values())

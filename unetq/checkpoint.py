@@ -10,16 +10,15 @@ A bare state dict (a mapping of tensors) is also accepted as input.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from .runlog import default_mode
+from .runlog import replacing
 
 FORMAT = "unetq-checkpoint"
 VERSION = 1
@@ -41,17 +40,8 @@ def save(payload: Mapping[str, Any], path: Path) -> None:
     then renamed over the target. A crash at any moment leaves either the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, default_mode())
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(payload, format=FORMAT, version=VERSION), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(dict(payload, format=FORMAT, version=VERSION), fh)
 
 
 def load(path: Path) -> dict:
@@ -60,6 +50,7 @@ def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    verify_container(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -79,6 +70,31 @@ def load(path: Path) -> dict:
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"model": dict(obj), "config": {}}
     raise CheckpointError(f"{path}: not a unetq checkpoint nor a state dict of tensors")
+
+
+def verify_container(path: Path) -> None:
+    """Check every part of a checkpoint's zip container against its CRC-32 before anything is loaded:
+    torch.load itself does not, and a file with flipped bytes would load as silently wrong weights.
+    (Files in torch's legacy non-zip format carry no checksums and are left to torch.load.)"""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:     # BadZipFile, zlib.error, OSError, ... from a damaged container
+        raise CheckpointError(f"{path}: damaged checkpoint ({brief(err, 120)}); use another copy") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint: its part {bad[:120]!r} fails its CRC check (the file "
+                              f"changed after it was written); use another copy")
+
+
+def check_buffers(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Values no trained model can hold: a BatchNorm running variance below zero (it is a mean of
+    squares) would give NaN outputs and NaN metrics without any error."""
+    for name, value in state.items():
+        if name.endswith("running_var") and isinstance(value, torch.Tensor) and (value < 0).any():
+            raise CheckpointError(f"{path}: {name} holds a negative variance ({float(value.min()):.3g}); "
+                                  f"a BatchNorm variance cannot be negative: the file is damaged")
 
 
 def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path,
@@ -106,6 +122,7 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: P
     if bad:
         raise CheckpointError(f"{path}: holds non-finite values (NaN or inf) in {bad[0]}"
                               f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; refusing to use it")
+    check_buffers(state, path)
     model.load_state_dict(state)
     if differs:
         notices.append(f"note: {path.name} was trained with different settings ({'; '.join(differs)})")

@@ -123,6 +123,8 @@ class Field:
         text = str(value).strip()
         if not text:
             raise ValueError("is empty")
+        if "\x00" in text:      # no file name can hold one: os calls would raise ValueError mid-run
+            raise ValueError("holds a NUL byte")
         return text
 
     _parse_path = _parse_str
@@ -130,6 +132,16 @@ class Field:
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters: a value from a file can be
+    arbitrarily large, and a message must stay one short line. Containers are not expanded beyond
+    what the limit shows (repr of a huge list is never built)."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # Bit widths: 0..16 per part; FIXED additionally needs i + f in 1..23 (exact in float32).
@@ -257,9 +269,10 @@ def _fail(source: Path | None, key: str, value: Any, reason: str, spec: Field | 
     allowed = f"; allowed: {spec.allowed()}" if spec else ""
     hint = ""
     if spec and spec.kind == "choice":
-        close = difflib.get_close_matches(str(value).lower(), spec.choices, n=1)
+        text = str(value).lower()[:100]      # difflib is quadratic: a huge value gets no hint
+        close = difflib.get_close_matches(text, spec.choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"{_where(source)}: key {key!r}: {value!r} {reason}{allowed}{hint}")
+    raise ConfigError(f"{_where(source)}: key {key!r}: {shown(value)} {reason}{allowed}{hint}")
 
 
 def validate(raw: Mapping[str, Any], *, source: Path | None = None, section: str = "UNET",
@@ -282,12 +295,12 @@ def validate(raw: Mapping[str, Any], *, source: Path | None = None, section: str
         key_text = str(key)
         spec = fields.get(key_text) or fields.get(key_text.lower())
         if spec is None:
-            close = difflib.get_close_matches(key_text.lower(), fields, n=1)
+            close = difflib.get_close_matches(key_text.lower()[:100], fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{_where(source)}: unknown key {key_text!r}{hint}")
+            raise ConfigError(f"{_where(source)}: unknown key {shown(key_text)}{hint}")
         if spec.name in seen:
-            raise ConfigError(f"{_where(source)}: key {spec.name!r} is given twice (as {seen[spec.name]!r} and "
-                              f"{key_text!r}); keys are case-insensitive")
+            raise ConfigError(f"{_where(source)}: key {spec.name!r} is given twice (as {shown(seen[spec.name])} and "
+                              f"{shown(key_text)}); keys are case-insensitive")
         seen[spec.name] = key_text
         try:
             values[spec.name] = spec.parse(value)
@@ -331,11 +344,14 @@ def _check_combinations(v: dict, source: Path | None) -> None:
         raise ConfigError(f"{where}: key 'data_path' is required when data_source is 'real'")
     name = v.get("experiment_name")
     if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
-        raise ConfigError(f"{where}: key 'experiment_name': {name!r} is not allowed; allowed: a plain folder "
+        raise ConfigError(f"{where}: key 'experiment_name': {shown(name)} is not allowed; allowed: a plain folder "
                           f"name (no '/', not '.' or '..'): runs go to log_output_dir/experiment_name")
+    if name is not None and len(name.encode("utf-8", "replace")) > 255:   # the longest file name a disk takes
+        raise ConfigError(f"{where}: key 'experiment_name': {shown(name)} is too long; allowed: a folder name of "
+                          f"at most 255 bytes")
     device = v["device"].lower()
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"{where}: key 'device': {v['device']!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"{where}: key 'device': {shown(v['device'])} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     v["device"] = device
 
 
@@ -362,16 +378,30 @@ def parse_overrides(items: Iterable[str], source: str = "-o") -> dict:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{source}: {item!r} is not of the form key=value")
+            raise ConfigError(f"{source}: {shown(item)} is not of the form key=value")
         try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            out[key.strip()] = yaml.load(text, Loader=_StrictLoader) if text.strip() else None  # noqa: S506
         except yaml.YAMLError:
             out[key.strip()] = text
     return out
 
 
+# A config is a few kB; a cap keeps a huge or generated file (millions of keys) from taking minutes
+# and gigabytes before it is refused.
+MAX_CONFIG_BYTES = 256 * 1024
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """The safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the last)."""
+    """The safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the last) and
+    any alias (``*name``): a config has no use for them, and nested aliases expand exponentially
+    ("billion laughs": a few lines that take gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{shown(event.anchor, 40)}) are not "
+                                              f"allowed in a config; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -391,9 +421,13 @@ class _StrictLoader(yaml.SafeLoader):
 def read_yaml(path: Path) -> Any:
     """Read a YAML file with the safe loader; any failure becomes one-line ConfigError."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} kB; a config file holds a few "
+                          f"key: value lines (is this the right file?)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -404,7 +438,7 @@ def read_yaml(path: Path) -> Any:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: unreadable YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: unreadable YAML{where}: {problem[:200]}") from None
 
 
 def load(path: Path | str, section: str, overrides: Mapping[str, Any] | None = None, **kwargs) -> Config:
@@ -416,8 +450,8 @@ def load(path: Path | str, section: str, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"{path}: expected sections like 'UNET:' holding key: value pairs; the file is "
                           f"{'empty' if data is None else 'a ' + type(data).__name__}")
     if section not in data:
-        found = ", ".join(map(str, data)) or "none"
-        raise ConfigError(f"{path}: no section {section!r} (the -t argument); sections found: {found}")
+        found = ", ".join(str(k)[:40] for k in list(data)[:10]) + (f" (+{len(data) - 10} more)" if len(data) > 10 else "")
+        raise ConfigError(f"{path}: no section {shown(section)} (the -t argument); sections found: {found or 'none'}")
     raw = data[section]
     if raw is None:
         raw = {}

@@ -307,7 +307,23 @@ METRIC_LINE = (("dice", "dice"), ("dice_05", "dice@0.5"), ("precision", "precisi
 
 def format_metrics(m: dict) -> str:
     """``dice 85.12 | dice@0.5 88.10 | ...`` (the paper-style part of a log line)."""
-    return " | ".join(f"{label} {m[key]:.2f}" for key, label in METRIC_LINE if key in m)
+    return " | ".join(distance_text(m, key, label) if key == "hd95" else f"{label} {m[key]:.2f}"
+                      for key, label in METRIC_LINE if key in m)
+
+
+def distance_text(m: dict, key: str, label: str) -> str:
+    """A Hausdorff mean (hd, hd95) for the log. It is undefined on a slice where exactly one mask is
+    empty, and its mean is over the other slices only: say how many it covers, and when that is fewer
+    than half (e.g. a model that predicts nothing, where only the both-empty slices, each 0, remain)
+    show no number that reads as a good score."""
+    n, undefined = m.get("n_slices") or 0, m.get("n_hd_undefined") or 0
+    if not undefined:
+        return f"{label} {m[key]:.2f}"
+    defined = n - undefined
+    if 2 * defined < n:
+        return (f"{label} n/a (undefined on {undefined} of {n} slices, one mask empty; "
+                f"{m[key]:.2f} over the other {defined})")
+    return f"{label} {m[key]:.2f} (over {defined} of {n} slices; undefined on {undefined}, one mask empty)"
 
 
 def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 0), optimizer=None,
@@ -450,7 +466,7 @@ def infer(run: Run) -> dict:
                              run.compute, run.world)
     row = {"time_s": time.perf_counter() - started, **metrics, "data_source": run.data.source}
     run.log.line(f"inference | {row['time_s']:.1f} s | {metrics['n_slices']} slices | val loss "
-                 f"{metrics['val_loss']:.4f} | {format_metrics(metrics)} | hd {metrics['hd']:.2f} | "
+                 f"{metrics['val_loss']:.4f} | {format_metrics(metrics)} | {distance_text(metrics, 'hd', 'hd')} | "
                  f"dice (non-empty GT) {metrics['dice_nonempty']:.2f}")
     run.log.metrics_row(row)
     if run.world.is_main:

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .runlog import replacing  # noqa: E402
+
 # The paper's overlay colours: overlap orange, ground truth only red, prediction only blue.
 OVERLAP, GT_ONLY, PRED_ONLY = (1.0, 0.6, 0.0), (0.9, 0.1, 0.1), (0.1, 0.3, 1.0)
 
@@ -114,11 +116,18 @@ def plot_weight_distributions(model: torch.nn.Module, paths: Sequence[Path], tit
 
 
 def save_figure(fig, path: Path, close: bool = True) -> None:
-    """Save ``fig`` (creating the folder) and close it unless ``close`` is False."""
+    """Save ``fig`` (creating the folder) and close it unless ``close`` is False. The file is replaced
+    atomically: a full disk leaves the previous figure (or none), never an empty one, and the error
+    names the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():     # a one-epoch curve has identical y limits: harmless
-        warnings.simplefilter("ignore", UserWarning)
-        fig.savefig(path, dpi=110)
+    try:
+        with replacing(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # a one-epoch curve has identical y limits: harmless
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    except OSError as err:
+        if close:
+            plt.close(fig)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     if close:
         plt.close(fig)

@@ -46,7 +46,8 @@ from .config import ConfigError, parse_overrides
 from .losses import build_loss
 from .models import build_model, model_options
 from .paths import PROJECT_ROOT, shared_data_dir
-from .sweep import Job, check_distinct, find_experiments, make_job, plan, run_all, shell_line
+from .sweep import (Job, Outcome, check_distinct, find_experiments, make_job, plan, report_stop, run_all,
+                    shell_line)
 
 EM_ROWS = ("full_precision", "a6_0_w0_4", "a6_0_w0_4_saturating", "a6_0_w0_4_paper", "a8_8_w8_8", "a8_0_w0_8",
            "a6_0_w0_2", "a4_0_w0_2", "BNN", "Ternary")
@@ -277,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PREFIX} then: {' '.join(map(shlex.quote, table_command(todo, out, existing_only=False)))}")
         return 0
     pending = plan(jobs, args.force)
-    failures = run_all(pending, [], n_parallel, "UNET") if pending else []
+    outcome = run_all(pending, [], n_parallel, "UNET") if pending else Outcome()
+    if outcome.signal is not None:      # stopped (SIGTERM / Ctrl-C): the sweep's account, no table
+        report_stop(outcome)
+        return 130
+    failures = outcome.failures
     command = table_command(todo, out)
     print(f"{PREFIX} the table: {' '.join(map(shlex.quote, command))}", flush=True)
     table_ok = subprocess.call(command) == 0

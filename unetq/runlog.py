@@ -3,13 +3,16 @@ a small ``summary.json`` saying how far the run got (read by the results table a
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import math
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from tqdm import tqdm
 
@@ -57,18 +60,80 @@ def default_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step (temporary file + rename)."""
+# Every file a run rewrites goes through a temporary ``.<name>.<random>.tmp`` in the same folder that
+# is renamed over the target: a kill at any moment leaves the old file or the new one, never a half.
+TEMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on a clean exit it is flushed to disk and renamed over
+    ``path``, on any error (a full disk, an interrupt) it is removed and ``path`` is left as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
-        os.fchmod(fd, default_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        os.chmod(tmp, default_mode())
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:      # a full disk or an interrupt: no stray temporary file is left behind
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (temporary file + rename)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files a killed write left in ``folder`` (see :func:`replacing`; checkpoint.save uses
+    the same names). Only a process holding the run's lock may remove them (another one may be
+    writing them right now)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)
+                  and p.is_file())
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``folder``; returns what was removed."""
+    removed = stale_temporaries(folder)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN / inf floats as None (recursively): JSON has no NaN, and strict parsers
+    refuse the ``NaN`` that Python's json writes by default."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def read_summary(folder: Path) -> dict:
+    """The run's summary.json as a dict ({} when absent or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def csv_text(rows: list[list]) -> str:
+    """Rows as CSV text (the dialect metrics.csv is written in)."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
 
 
 class RunLog:
@@ -108,7 +173,8 @@ class RunLog:
         """Merge ``fields`` into summary.json (rewritten atomically)."""
         self.summary.update(fields)
         if self.enabled:
-            write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(self.summary, indent=2, default=str) + "\n")
+            text = json.dumps(strict_json(self.summary), indent=2, default=str, allow_nan=False)
+            write_text_atomic(self.folder / SUMMARY_NAME, text + "\n")
 
 
 def _cell(value: Any) -> Any:

@@ -12,7 +12,10 @@ A folder whose run is already complete with the same settings (its recorded conf
 config after ``-o`` overrides) is skipped; with other settings it runs again, and ``--force`` reruns
 it anyway (the engine keeps the earlier run as a backup). Two folders that would write to the same
 run folder are refused before anything runs. A failing folder does not stop the sweep: failures are
-listed at the end and the exit status is 1. ``--results DIR`` then builds the results table of every
+listed at the end and the exit status is 1. SIGTERM or Ctrl-C stops the sweep as it stops a run:
+the running children get SIGTERM and are waited for (each marks its run interrupted, resumable), the
+queued folders are not started, the sweep lists what finished, what was interrupted and what never
+started, and exits with status 130. ``--results DIR`` then builds the results table of every
 selected folder (a folder without a run is a "no run" row). ``--slurm FILE`` writes a SLURM
 job-array script for the selected folders instead of running them.
 """
@@ -21,15 +24,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import fnmatch
 import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -105,8 +111,12 @@ def make_job(folder: Path, overrides: dict, section: str = "UNET") -> Job:
         cfg = None
     if cfg is not None:
         return Job(folder, script, cfg.path("log_output_dir") / cfg.experiment_name, cfg.to_dict())
-    data = read_yaml(folder / "config.yaml")
-    keys = dict(data.get(section) or {}) if isinstance(data, dict) else {}
+    try:
+        data = read_yaml(folder / "config.yaml")
+    except ConfigError:     # e.g. a YAML syntax error: this folder fails when it runs, the others still run
+        data = None
+    found = data.get(section) if isinstance(data, dict) else None
+    keys = dict(found) if isinstance(found, dict) else {}     # a section that is a list or a string: no keys
     keys.update(overrides)
     name = keys.get("experiment_name") or folder.resolve().name
     out = Path(str(keys.get("log_output_dir") or "runs")).expanduser()
@@ -219,10 +229,79 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+class Stopper:
+    """The sweep's stop: the first SIGTERM or SIGINT is recorded and passed on, as SIGTERM, to every
+    child started so far (a run stops on it as on Ctrl-C: last.pt stays resumable); no child starts
+    afterwards. A child started while the signal arrives is registered under the same lock that
+    :meth:`forward` takes, so none is missed."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._forwarded = False
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.signal is not None
+
+    def start(self, cmd: list[str], **popen) -> subprocess.Popen | None:
+        """Start a child unless the sweep is stopping (then None: the job never starts)."""
+        with self._lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, **popen)
+            self._running.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def forward(self) -> None:
+        """Once stopping, send SIGTERM to the running children (once)."""
+        if not self.stopping or self._forwarded:
+            return
+        with self._lock:
+            self._forwarded = True
+            for proc in self._running:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+
+    def handler(self, signum, frame) -> None:
+        """The signal handler of the sweep's main thread (no exception: the threads finish cleanly)."""
+        name = signal.Signals(signum).name
+        if self.stopping:
+            print(f"[sweep] {name}: already stopping, waiting for the running runs to stop", file=sys.stderr,
+                  flush=True)
+            return
+        self.signal = signum
+        print(f"[sweep] {name}: stopping: the running runs get SIGTERM, nothing else starts", file=sys.stderr,
+              flush=True)
+
+    @contextlib.contextmanager
+    def handling_signals(self):
+        """Install :meth:`handler` for SIGTERM and SIGINT for the duration (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
 def run_job(job: Job, override_args: list[str], gpus: queue.Queue | None, section: str,
-            extra_env: Mapping[str, str] | None = None) -> tuple[Job, int, float]:
+            extra_env: Mapping[str, str] | None = None,
+            stopper: Stopper | None = None) -> tuple[Job, int | None, float]:
     """Run one experiment as a child process (on a GPU of its own taken from ``gpus``, if given,
-    with ``extra_env`` added to its environment); its output goes to :attr:`Job.log`."""
+    with ``extra_env`` added to its environment); its output goes to :attr:`Job.log`. The exit
+    status is None when the sweep was stopped before the job started."""
+    stopper = stopper or Stopper()
+    if stopper.stopping:
+        return job, None, 0.0
     env = {**os.environ, **(extra_env or {})}
     gpu = gpus.get() if gpus is not None else None
     if gpu is not None:
@@ -231,7 +310,7 @@ def run_job(job: Job, override_args: list[str], gpus: queue.Queue | None, sectio
     started = time.perf_counter()
     job.log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return job, _call(cmd, job, env), time.perf_counter() - started
+        return job, _call(cmd, job, env, stopper), time.perf_counter() - started
     finally:
         if gpu is not None:
             gpus.put(gpu)
@@ -251,11 +330,18 @@ def shell_line(job: Job, override_args: Sequence[str], section: str = "UNET") ->
     return f"cd {shlex.quote(str(job.folder))} && {command}"
 
 
-def _call(cmd: list[str], job: Job, env: dict) -> int:
+def _call(cmd: list[str], job: Job, env: dict, stopper: Stopper) -> int | None:
+    """Run ``cmd`` in the job's folder, its output in :attr:`Job.log`; None if the sweep is stopping."""
     with open(job.log, "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        return subprocess.call(cmd, cwd=job.folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = stopper.start(cmd, cwd=job.folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if proc is None:
+            return None
+        try:
+            return proc.wait()
+        finally:
+            stopper.done(proc)
 
 
 def _last_line(path: Path) -> str:
@@ -276,8 +362,21 @@ def _gpu_count() -> int:
         return 0
 
 
-def run_all(jobs: list[Job], override_args: list[str], n_parallel: int, section: str) -> list[tuple[Job, str]]:
-    """Run ``jobs`` n at a time (one GPU each when several are present); returns the failures."""
+@dataclass
+class Outcome:
+    """What :func:`run_all` did: failed jobs with their last line, and, when the sweep was stopped,
+    which jobs finished, were interrupted or never started."""
+
+    failures: list = field(default_factory=list)
+    finished: list = field(default_factory=list)
+    interrupted: list = field(default_factory=list)
+    not_started: list = field(default_factory=list)
+    signal: int | None = None
+
+
+def run_all(jobs: list[Job], override_args: list[str], n_parallel: int, section: str) -> Outcome:
+    """Run ``jobs`` n at a time (one GPU each when several are present), until done or stopped by
+    SIGTERM / SIGINT (see :class:`Stopper`)."""
     n_parallel = max(1, min(n_parallel, len(jobs)))
     gpus, extra_env = None, {}
     count = _gpu_count()
@@ -292,16 +391,48 @@ def run_all(jobs: list[Job], override_args: list[str], n_parallel: int, section:
             extra_env["OMP_NUM_THREADS"] = threads
             print(f"[sweep] {n_parallel} runs at a time on the CPU: {threads} thread(s) each "
                   f"(OMP_NUM_THREADS; set it to choose)", flush=True)
-    failures = []
-    with ThreadPoolExecutor(max_workers=n_parallel) as pool:
-        futures = [pool.submit(run_job, job, override_args, gpus, section, extra_env) for job in jobs]
+    outcome = Outcome()
+    with Stopper().handling_signals() as stopper, ThreadPoolExecutor(max_workers=n_parallel) as pool:
+        futures = [pool.submit(run_job, job, override_args, gpus, section, extra_env, stopper) for job in jobs]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2)
+            stopper.forward()
         for future in futures:
-            job, code, seconds = future.result()
-            status = "ok" if code == 0 else f"FAILED (exit {code})"
-            print(f"[sweep] {job.name}: {status} in {seconds:.0f} s", flush=True)
-            if code != 0:
-                failures.append((job, _last_line(job.log)))
-    return failures
+            _record(outcome, *future.result(), stopper.stopping)
+        outcome.signal = stopper.signal
+    return outcome
+
+
+def _record(outcome: Outcome, job: Job, code: int | None, seconds: float, stopping: bool) -> None:
+    """File one job's exit status under finished / interrupted / never started / failed."""
+    if code is None:
+        outcome.not_started.append(job)
+        return
+    if stopping and (code == 130 or code < 0):     # stopped by the forwarded SIGTERM (or before its handler)
+        print(f"[sweep] {job.name}: interrupted after {seconds:.0f} s", flush=True)
+        outcome.interrupted.append(job)
+        return
+    print(f"[sweep] {job.name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s", flush=True)
+    if code == 0:
+        outcome.finished.append(job)
+    else:
+        outcome.failures.append((job, _last_line(job.log)))
+
+
+def _names(jobs: Sequence[Job]) -> str:
+    return ", ".join(j.name for j in jobs) or "none"
+
+
+def report_stop(outcome: Outcome) -> None:
+    """The stopped sweep's account: what finished, what was interrupted (resumable) and what never ran."""
+    print(f"[sweep] stopped by {signal.Signals(outcome.signal).name}:", file=sys.stderr)
+    print(f"  finished: {_names(outcome.finished)}", file=sys.stderr)
+    print(f"  interrupted: {_names(outcome.interrupted)}" + (" (each can go on with -o operation_mode=resume)"
+                                                           if outcome.interrupted else ""), file=sys.stderr)
+    print(f"  never started: {_names(outcome.not_started)}", file=sys.stderr)
+    if outcome.failures:
+        print(f"  failed: {', '.join(f'{j.name} ({why})' for j, why in outcome.failures)}", file=sys.stderr)
 
 
 def unrunnable(jobs: Sequence[Job]) -> list[tuple[Job, str]]:
@@ -382,6 +513,15 @@ cd "${{FOLDERS[$SLURM_ARRAY_TASK_ID]}}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The sweep command (see the module docstring); returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:     # Ctrl-C while the folders were being read: nothing had started
+        print("[sweep] interrupted before any run started", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unetq.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="experiment folders, or folders of them (em/, gm/, nih/)")
     parser.add_argument("--only", help="comma-separated glob patterns on folder names, e.g. 'a6_*,BNN'")
@@ -413,7 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     broken = unrunnable(todo)
     skipped = {id(job) for job, _ in broken}
     todo = [job for job in todo if id(job) not in skipped]
-    failures = broken + (run_all(todo, args.override, args.jobs, args.type) if todo else [])
+    outcome = run_all(todo, args.override, args.jobs, args.type) if todo else Outcome()
+    if outcome.signal is not None:
+        report_stop(outcome)
+        return 130
+    failures = broken + outcome.failures
     todo += [job for job, _ in broken]
     table_ok = write_results(jobs, args.results) if args.results else True
     if failures:
