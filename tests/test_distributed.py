@@ -61,7 +61,8 @@ def two_runs(tmp_path_factory):
 
 def test_torchrun_writes_exactly_one_set_of_outputs(two_runs):
     runs = two_runs / "two" / "runs"
-    assert [p.name for p in runs.iterdir()] == ["x"]                    # no second run folder, no backup
+    # no second run folder, no backup; the run-folder lock file (kept: see unetq/runlock.py) is the only other entry
+    assert sorted(p.name for p in runs.iterdir()) == [".x.lock", "x"]
     log = (runs / "x" / "log.txt").read_text()
     assert log.count("=== x | mode normal") == 1 and "x 2 processes (torchrun)" in log
     assert [int(r["epoch"]) for r in rows(runs / "x" / "metrics.csv")] == [1, 2]
@@ -172,5 +173,5 @@ def test_torchrun_runs_the_gm_and_nih_scripts_too(tmp_path, base, script, sectio
            str(PROJECT_ROOT / base / script), "-f", "config.yaml", "-q"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["x"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".x.lock", "x"]
     assert len(rows(tmp_path / "runs/x/metrics.csv")) == 1 and "x 2 processes" in (tmp_path / "runs/x/log.txt").read_text()
