@@ -20,7 +20,7 @@ NAMED = re.compile(r"(?<![\w/.-])((?:\.{0,2}/)?(?:[\w.-]+/)*(?:docs/[\w.-]+|[A-Z
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 # Named documents that live outside the repository on purpose, with the reason.
-OUTSIDE = {"SOURCES.md": "the sample data's own index, in ../shared/data beside the developers' checkout"}
+OUTSIDE: dict[str, str] = {}    # documents outside the repository that may be named (none)
 
 # Documents written on other branches of the same work, linked from docs/ already. An entry leaves
 # this list when its branch is merged (test_pending_documents_are_still_missing says when).
