@@ -29,7 +29,7 @@ import yaml
 
 from . import __version__, checkpoint, distributed, engine, original, runlock, weights
 from .checkpoint import CheckpointError
-from .config import RUN_ONLY_KEYS, Config, ConfigError, load, parse_overrides
+from .config import RUN_ONLY_KEYS, Config, ConfigError, load, parse_overrides, shown
 from .data import DataError
 from .engine import Run, TrainingError
 from .models import build_model, model_options
@@ -373,21 +373,15 @@ def _check_bookkeeping(ckpt: dict, path: Path) -> None:
     top = run_epochs if isinstance(run_epochs, int) and not isinstance(run_epochs, bool) and run_epochs > 0 else 100000
     problems = []
     if not 1 <= epoch <= top:
-        problems.append(f"epoch {_short(epoch)} is outside 1..{top} (the run's num_epochs)")
+        problems.append(f"epoch {shown(epoch)} is outside 1..{top} (the run's num_epochs)")
     if not 0 <= best_epoch <= epoch:
-        problems.append(f"best_epoch {_short(best_epoch)} is outside 0..{_short(epoch)} (its epoch)")
+        problems.append(f"best_epoch {shown(best_epoch)} is outside 0..{shown(epoch)} (its epoch)")
     never_improved = best_dice == -math.inf and best_epoch == 0     # what train() starts from
     if not (never_improved or (math.isfinite(best_dice) and 0 <= best_dice <= 100)):
-        problems.append(f"best_dice {_short(best_dice)} is not a Dice score from 0 to 100")
+        problems.append(f"best_dice {shown(best_dice)} is not a Dice score from 0 to 100")
     if problems:
         raise CheckpointError(f"{path}: not a resumable checkpoint ({'; '.join(problems)}); the file was altered "
                               f"or is not this run's last.pt")
-
-
-def _short(value, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a message never carries an unbounded value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_optimizer_and_rng(model: torch.nn.Module, ckpt: dict, path: Path) -> None:
@@ -453,7 +447,7 @@ def _dataset_note(ckpt_config: dict, cfg: Config, path: Path) -> list[str]:
     trained = ckpt_config.get("dataset") if isinstance(ckpt_config, dict) else None
     if trained is None or trained == cfg.dataset:
         return []
-    return [f"notice: {path.name} was trained on dataset {_short(trained)}; this run uses {cfg.dataset!r}"]
+    return [f"notice: {path.name} was trained on dataset {shown(trained)}; this run uses {cfg.dataset!r}"]
 
 
 def check_run_dir(cfg: Config, run_dir: Path, base_dir: Path) -> None:
@@ -464,8 +458,8 @@ def check_run_dir(cfg: Config, run_dir: Path, base_dir: Path) -> None:
         folder = Path(folder).resolve()
         if target == folder or target in folder.parents:
             relation = "is" if target == folder else "contains"
-            raise ConfigError(f"{cfg.source or 'config'}: key 'log_output_dir': {_short(cfg.log_output_dir, 80)} with "
-                              f"experiment_name {_short(cfg.experiment_name, 80)} makes the run folder {target}, "
+            raise ConfigError(f"{cfg.source or 'config'}: key 'log_output_dir': {shown(cfg.log_output_dir, 80)} with "
+                              f"experiment_name {shown(cfg.experiment_name, 80)} makes the run folder {target}, "
                               f"which {relation} {what} {folder}; allowed: a folder apart from them (e.g. the "
                               f"default log_output_dir: runs)")
 
@@ -496,7 +490,7 @@ def kept_metric_rows(path: Path, last_epoch: int) -> list[list[str]]:
         if not row:
             continue
         if not row[0].isdigit():
-            raise CheckpointError(f"{path}: line {number}: epoch {_short(row[0], 20)} is not a number; {fix}")
+            raise CheckpointError(f"{path}: line {number}: epoch {shown(row[0], 20)} is not a number; {fix}")
         epoch = int(row[0])
         if epoch > last_epoch:
             continue

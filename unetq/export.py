@@ -47,9 +47,7 @@ import argparse
 import json
 import lzma
 import math
-import os
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -60,6 +58,7 @@ import torch
 from . import memory
 from .checkpoint import CheckpointError
 from .layers import QuantConv2d, QuantFormat
+from .runlog import replacing
 
 MAGIC = b"UNETQPK1"
 FORMAT, VERSION = "unetq-packed", 1
@@ -307,16 +306,11 @@ def _model_keys(model: torch.nn.Module) -> dict:
 
 
 def _write_atomic(path: Path, parts: Sequence[bytes]) -> None:
+    """Write ``parts`` to ``path`` in one step (runlog.replacing: temporary file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for part in parts:
-                fh.write(part)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        for part in parts:
+            fh.write(part)
 
 
 # --------------------------------------------------------------------------------------------
