@@ -10,7 +10,7 @@ file's real location) to the shared command line.
 
 import sys
 
-import datasets  # EM_BASE/datasets.py: Python puts this file's resolved folder on sys.path
+import em_data  # EM_BASE/em_data.py: Python puts this file's resolved folder on sys.path
 
 from unetq.cli import run_script
 
@@ -24,4 +24,4 @@ RECIPE = {
 }
 
 if __name__ == "__main__":
-    sys.exit(run_script("em", datasets, RECIPE))
+    sys.exit(run_script("em", em_data, RECIPE))

@@ -10,7 +10,7 @@ file's real location) to the shared command line.
 
 import sys
 
-import datasets  # GM_BASE/datasets.py: Python puts this file's resolved folder on sys.path
+import gm_data  # GM_BASE/gm_data.py: Python puts this file's resolved folder on sys.path
 
 from unetq.cli import run_script
 
@@ -23,4 +23,4 @@ RECIPE = {
 }
 
 if __name__ == "__main__":
-    sys.exit(run_script("gm", datasets, RECIPE))
+    sys.exit(run_script("gm", gm_data, RECIPE))

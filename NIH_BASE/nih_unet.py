@@ -21,8 +21,6 @@ RECIPE = {
 }
 
 if __name__ == "__main__":
-    # NIH_BASE/datasets.py: Python puts this file's resolved folder on sys.path. Imported here, not at
-    # the top, so that tests can load RECIPE without a module named "datasets" on their path.
-    import datasets
+    import nih_data  # NIH_BASE/nih_data.py: Python puts this file's resolved folder on sys.path
 
-    sys.exit(run_script("nih", datasets, RECIPE))
+    sys.exit(run_script("nih", nih_data, RECIPE))

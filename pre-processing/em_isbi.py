@@ -3,7 +3,7 @@
 Usage:
     python pre-processing/em_isbi.py SRC OUT [--val-sections 5] [--foreground cell|membrane]
 
-SRC: the raw ISBI data, any layout EM_BASE/datasets.py:read_isbi accepts (a folder holding
+SRC: the raw ISBI data, any layout EM_BASE/em_data.py:read_isbi accepts (a folder holding
 train-volume.tif + train-labels.tif, the volume TIFF itself, train/image + train/label PNG folders,
 or image + label folders). Each section gets the paper's geometry (512x512 -> 256x256, bilinear
 image / nearest label, centre crop 200x200 = box 28..228); the LAST --val-sections sections are
@@ -34,9 +34,9 @@ SUBDIRS = {"train": ("data", "mask"), "val": ("val_img", "val_mask")}
 
 
 def load_em_datasets():
-    """EM_BASE/datasets.py loaded by file path (EM_BASE is not a package), so that this script
-    reads and splits exactly as training does."""
-    return base_module(Path(__file__).resolve().parents[1] / "EM_BASE")
+    """EM_BASE/em_data.py (unetq.paths.base_module), so that this script reads and splits exactly as
+    training does."""
+    return base_module("EM_BASE")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

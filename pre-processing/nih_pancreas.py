@@ -43,9 +43,9 @@ from unetq.paths import base_module
 
 
 def load_pipeline():
-    """NIH_BASE/pancreas_ct.py loaded by file path (NIH_BASE is not a package), so that this script
+    """NIH_BASE/nih_pancreas_ct.py (unetq.paths.base_module), so that this script
     reads, checks, crops and splits exactly as training does."""
-    return base_module(Path(__file__).resolve().parents[1] / "NIH_BASE", "pancreas_ct")
+    return base_module("NIH_BASE", "nih_pancreas_ct")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,13 +1,8 @@
-"""Shared test helpers: loading a BASE folder's modules by file path, and the optional sample data."""
+"""Shared test fixture: the optional sample data."""
 
 import pytest
 
-from unetq.paths import base_module, shared_data_dir
-
-
-def load_base_module(base: str, name: str):
-    """``<base>/<name>.py`` (e.g. ``EM_BASE/datasets.py``) loaded by file path as ``em_datasets``."""
-    return base_module(base, name)
+from unetq.paths import shared_data_dir
 
 
 @pytest.fixture

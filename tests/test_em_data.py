@@ -1,4 +1,4 @@
-"""Tests of EM_BASE/datasets.py (readers, geometry, split, phantom, build_datasets) and of
+"""Tests of EM_BASE/em_data.py (readers, geometry, split, phantom, build_datasets) and of
 pre-processing/em_isbi.py; the real ISBI sample is used when present and skipped otherwise."""
 
 import csv
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_base_module
+from unetq.paths import base_module
 from unetq.config import validate
 from unetq.data import DataBundle, SliceDataset, center_crop, resize
 from unetq.paths import PROJECT_ROOT
 
-em = load_base_module("EM_BASE", "datasets")
+em = base_module("EM_BASE")
 SCRIPT = PROJECT_ROOT / "pre-processing" / "em_isbi.py"
 
 

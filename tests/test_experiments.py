@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from unetq.config import ConfigError, load
+from unetq import newexp
 from unetq.newexp import create, edit_yaml_text
-from unetq.paths import PROJECT_ROOT, base_module
+from unetq.paths import PROJECT_ROOT, base_module, broken_links
 
 # (experiments folder, its BASE, the entry script, the dataset key)
 SUITES = [("em", "EM_BASE", "em_unet.py", "em"), ("gm", "GM_BASE", "gmchallenge_unet.py", "gm"),
@@ -22,13 +23,11 @@ def test_shipped_experiment_is_valid_and_linked(suite, folder):
     module = base_module(base)
     cfg = load(folder / "config.yaml", "UNET", extra_fields=module.FIELDS, dataset=dataset)
     assert cfg.experiment_name == folder.name
-    modules = {p.name for p in (PROJECT_ROOT / base).glob("*.py")}     # a BASE may split its code (NIH)
-    assert {script, "datasets.py"} <= modules
-    assert {p.name for p in folder.iterdir() if not p.name == "runs"} == {"config.yaml"} | modules
-    for link in sorted(modules):
-        path = folder / link
-        assert path.is_symlink() and not os.path.isabs(os.readlink(path))       # relative: survives a clone
-        assert path.resolve() == (PROJECT_ROOT / base / link).resolve()
+    # the folder holds its config and one link, to the script; the script finds its BASE's modules itself
+    assert {p.name for p in folder.iterdir() if not p.name == "runs"} == {"config.yaml", script}
+    path = folder / script
+    assert path.is_symlink() and not os.path.isabs(os.readlink(path))       # relative: survives a clone
+    assert path.resolve() == (PROJECT_ROOT / base / script).resolve()
 
 
 def test_em_rows_of_the_paper_are_all_there():
@@ -50,7 +49,17 @@ def test_newexp_creates_links_and_edited_config(tmp_path):
             section["experiment_name"]) == ("FIXED", 5, 3, "a5_0_w0_3")
     assert "# Normal | FIXED | INT | BNN | Ternary" in text                     # comments kept
     assert (dest / "em_unet.py").resolve() == (PROJECT_ROOT / "EM_BASE/em_unet.py").resolve()
-    assert (dest / "datasets.py").is_symlink()
+    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "em_unet.py"]
+
+
+def test_relink_removes_links_of_the_older_layout(tmp_path):
+    """A folder made when experiment folders also linked the BASE's data module (datasets.py) keeps a
+    link that points nowhere: --relink removes it and keeps the script's."""
+    dest = create(tmp_path / "em" / "old", PROJECT_ROOT / "EM_BASE", {})
+    os.symlink(os.path.relpath(PROJECT_ROOT / "EM_BASE" / "datasets.py", dest), dest / "datasets.py")
+    assert broken_links(dest)
+    assert newexp.relink(dest, PROJECT_ROOT / "EM_BASE") == ["datasets.py (removed)"]
+    assert broken_links(dest) == [] and sorted(p.name for p in dest.iterdir()) == ["config.yaml", "em_unet.py"]
 
 
 def test_newexp_refuses_existing_folder_and_bad_values(tmp_path):

@@ -25,7 +25,7 @@ from unetq.sweep import main as sweep_main
 
 EM = base_module("EM_BASE")
 GM = base_module("GM_BASE")
-PANCREAS = base_module("NIH_BASE", "pancreas_ct")
+PANCREAS = base_module("NIH_BASE", "nih_pancreas_ct")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 4, "val_sections": 2,
         "batch_size": 2, "val_batch_size": 2, "overlay_every": 0, "experiment_name": "r",
         "lr_schedule": "constant", "loss": "bce_dice"}

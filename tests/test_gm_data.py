@@ -1,4 +1,4 @@
-"""GM_BASE/datasets.py: the challenge NIfTI reader (names, rater pairing, split, slice filter, spacing),
+"""GM_BASE/gm_data.py: the challenge NIfTI reader (names, rater pairing, split, slice filter, spacing),
 its error messages, the phantom and the real SCT sample (skipped when absent)."""
 
 import gzip
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import load_base_module
+from unetq.paths import base_module
 from unetq.config import ConfigError, validate
 from unetq.data import DataError
 
-gm = load_base_module("GM_BASE", "datasets")
+gm = base_module("GM_BASE")
 
 TINY = {"sites": "1,3", "phantom_subjects": 3, "phantom_slices": 3, "train_subjects": "1-2", "val_subjects": "3",
         "crop_size": 64, "resample_mm": 0}

@@ -1,5 +1,5 @@
-"""Tests of NIH_BASE/pancreas_ct.py (DICOM/NIfTI readers, orientation and label checks, windowing,
-crops, split, pipeline) and NIH_BASE/datasets.py (phantom, sources, build_datasets). The real
+"""Tests of NIH_BASE/nih_pancreas_ct.py (DICOM/NIfTI readers, orientation and label checks, windowing,
+crops, split, pipeline) and NIH_BASE/nih_data.py (phantom, sources, build_datasets). The real
 Pancreas-CT sample is used when present and skipped otherwise."""
 
 import subprocess
@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import load_base_module
+from unetq.paths import base_module
 from nih_cases import SPACING, display_affine, edit_dicom, toy_volume, write_dicom_series, write_nifti
 from unetq.config import ConfigError, validate
 from unetq.data import DataError
 from unetq.paths import PROJECT_ROOT
 
-nih = load_base_module("NIH_BASE", "datasets")
+nih = base_module("NIH_BASE")
 pct = nih.pct
 
 

@@ -11,16 +11,16 @@ import sys
 import numpy as np
 import yaml
 
-from conftest import load_base_module
+from unetq.paths import base_module
 from nih_cases import edit_dicom, toy_volume, write_dicom_series, write_nifti
 from unetq.cli import run_script
 from unetq.config import validate
 from unetq.newexp import create
 from unetq.paths import PROJECT_ROOT
 
-nih = load_base_module("NIH_BASE", "datasets")
+nih = base_module("NIH_BASE")
 pct = nih.pct
-RECIPE = load_base_module("NIH_BASE", "nih_unet").RECIPE
+RECIPE = base_module("NIH_BASE", "nih_unet").RECIPE
 SCRIPT = PROJECT_ROOT / "pre-processing" / "nih_pancreas.py"
 CROP = ("--crop", "16", "24")
 

@@ -126,7 +126,7 @@ def test_every_quantization_type_exports_or_refuses(kind):
 
 
 def _isbi_check(kinds, sections):
-    val = ox.validation_images({"dataset": "em", "data_source": "sample"})      # via EM_BASE/datasets.py
+    val = ox.validation_images({"dataset": "em", "data_source": "sample"})      # via EM_BASE/em_data.py
     assert val.shape == (5, 1, 200, 200) and 0.0 <= val.min() < val.max() <= 1.0
     for kind in kinds:
         model = _calibrated(KINDS[kind][0], images=val[:2])

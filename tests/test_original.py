@@ -341,14 +341,14 @@ def test_newexp_finds_the_base_refuses_another_dataset_and_relinks_a_moved_folde
     shutil.copytree("em/a4_0_w0_2", "em/a4_0_w0_2/a6_0_w0_2", symlinks=True)   # cp -r one level deeper
     nested = tmp_path / "em/a4_0_w0_2/a6_0_w0_2"
     lines = broken_links(nested)
-    assert len(lines) == 2 and lines[1].startswith(f"{nested}/em_unet.py: a link to ../../")
-    assert lines[1].endswith("recreate the links with: python -m unetq.newexp em/a4_0_w0_2/a6_0_w0_2 --base "
+    assert len(lines) == 1 and lines[0].startswith(f"{nested}/em_unet.py: a link to ../../")
+    assert lines[0].endswith("recreate the links with: python -m unetq.newexp em/a4_0_w0_2/a6_0_w0_2 --base "
                              "EM_BASE --relink")
     assert sweep.find_experiments([tmp_path / "em"]) == [tmp_path / "em/a4_0_w0_2", nested]   # nested found
     capsys.readouterr()
     assert sweep.main([str(nested)]) == 1                     # not started: the link is named instead
     captured = capsys.readouterr()
-    assert "[sweep] a4_0_w0_2/a6_0_w0_2: not run: " in captured.out and "datasets.py: a link to ../../" in captured.err
+    assert "[sweep] a4_0_w0_2/a6_0_w0_2: not run: " in captured.out and "em_unet.py: a link to ../../" in captured.err
     assert "--base EM_BASE --relink" in captured.err and not (nested / "runs").exists()
     assert newexp.main(["em/a4_0_w0_2/a6_0_w0_2", "--base", "EM_BASE"]) == 2
     assert "its links are broken: repair them with --relink" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from .config import ConfigError, validate
 from .data import DataError, SliceDataset
 from .losses import build_loss
 from .models import build_model
+from .paths import base_module, base_of
 from .quantize import binary, fixed_point, int_quant, ternary
 
 # The trained models: name -> model keys (FIXED is the paper's headline a6.0/w0.4; the em/ folders
@@ -88,16 +89,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.size % 8 or args.size <= 0 or args.batch <= 0 or args.reps <= 0 or args.warmup < 0:
         p.error("--size must be a positive multiple of 8; --batch and --reps positive; --warmup >= 0")
-    if args.base and not (_base_folder(args.base) / "datasets.py").is_file():
-        p.error(f"--base {args.base}: no datasets.py in {_base_folder(args.base)}")
+    if args.base and base_of(args.base) is None:
+        p.error(f"--base {args.base}: not a BASE folder (allowed: EM_BASE, GM_BASE, NIH_BASE)")
     return args
-
-
-def _base_folder(base: str) -> Path:
-    from .paths import PROJECT_ROOT
-
-    path = Path(base)
-    return path if path.is_absolute() or path.exists() else PROJECT_ROOT / base
 
 
 def _int_list(text: str) -> list[int]:
@@ -329,10 +323,8 @@ def _cuda_memory(model, opt, compute, xx, y, loss_fn, device) -> dict:
 def _train_dataset(args):
     """The BASE's training set (``--base``), or pre-decoded in-memory arrays of EM's geometry."""
     if args.base:
-        from .paths import base_module
-
         module = base_module(args.base)
-        dataset = Path(args.base).name.split("_")[0].lower()
+        dataset = base_of(args.base).dataset
         cfg = validate({"dataset": dataset, "data_source": "phantom"}, extra_fields=getattr(module, "FIELDS", ()))
         return module.build_datasets(cfg).train, f"{args.base} (phantom)"
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """What every dataset shares: the in-memory slice dataset, the bundle a BASE hands to the engine,
 safe image reading and the small geometry helpers (resize, centre crop).
 
-A BASE folder's ``datasets.py`` provides:
+A BASE folder's data module (``em_data.py``, ``gm_data.py``, ``nih_data.py``) provides:
 
     FIELDS           its own config keys (unetq.config.Field), e.g. ``foreground`` for EM
     build_datasets(cfg) -> DataBundle

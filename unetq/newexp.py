@@ -25,7 +25,7 @@ from typing import Mapping
 import yaml
 
 from .config import ConfigError, parse_overrides, validate
-from .paths import PROJECT_ROOT, base_module, broken_links
+from .paths import PROJECT_ROOT, base_module, base_of, broken_links
 from .sweep import script_recipe
 
 
@@ -75,8 +75,9 @@ def find_base(base: Path) -> Path:
 
 
 def base_script(base: Path) -> Path | None:
-    """The entry script (``*_unet.py``) of a BASE folder, or None."""
-    return next(iter(sorted(Path(base).glob("*_unet.py"))), None)
+    """The entry script of a BASE folder (unetq.paths.BASES), or None when ``base`` is not a BASE."""
+    found = base_of(base)
+    return found.folder / found.script if found and (found.folder / found.script).is_file() else None
 
 
 def base_dataset(base: Path) -> str | None:
@@ -117,11 +118,17 @@ def create(dest: Path, base: Path, edits: Mapping[str, object], section: str = "
 
 
 def link_scripts(dest: Path, base: Path) -> list[str]:
-    """Link every ``*.py`` of ``base`` into ``dest`` with a relative link (it survives a clone of the
-    repository), replacing a link of the same name; returns the names linked. A plain file of that name
-    is never replaced."""
+    """Link the entry script of ``base`` (e.g. ``em_unet.py``) into ``dest`` with a relative link (it
+    survives a clone of the repository), replacing a link of the same name, and remove links into the
+    BASE that point nowhere (an older layout linked the BASE's other files too; the script finds them
+    itself: Python puts its resolved folder on sys.path). Returns the names linked or removed. A plain
+    file of that name is never replaced."""
     names = []
-    for script in sorted(Path(base).glob("*.py")):
+    for link in sorted(Path(dest).iterdir()):
+        if link.is_symlink() and not link.exists() and Path(base).name in Path(os.readlink(link)).parts:
+            link.unlink()
+            names.append(f"{link.name} (removed)")
+    for script in [Path(base) / base_of(base).script]:
         link = Path(dest) / script.name
         if link.exists() and not link.is_symlink():
             raise ConfigError(f"{link}: a file, not a link; move it away to relink (nothing was changed)")
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"created {dest}: config.yaml + links to {', '.join(p.name for p in sorted(find_base(args.base).glob('*.py')))}")
+    print(f"created {dest}: config.yaml + a link to {base_of(find_base(args.base)).script}")
     return 0
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -11,8 +15,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def code_version() -> str:
     """The git commit of the code (``+dirty`` with uncommitted changes), or "unknown" outside a
     checkout: a run records it so that its numbers can be traced to the code that made them."""
-    import subprocess
-
     try:
         out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty=+dirty"],
                              capture_output=True, text=True, timeout=5)
@@ -40,14 +42,12 @@ def broken_links(folder: Path) -> list[str]:
 
 
 def _base_of(link: Path) -> str:
-    """The BASE a broken link meant: the ``*_BASE`` folder its target names, else the BASE holding the
-    folder's entry script (``em_unet.py`` -> EM_BASE)."""
+    """The BASE a broken link meant: the ``*_BASE`` folder its target names, else the BASE whose entry
+    script the folder links (``em_unet.py`` -> EM_BASE)."""
     named = [part for part in Path(os.readlink(link)).parts if part.endswith("_BASE")]
     if named:
         return named[-1]
-    scripts = {p.name for p in link.parent.glob("*_unet.py")}
-    return next((b.name for b in sorted(PROJECT_ROOT.glob("*_BASE")) if scripts & {p.name for p in b.glob("*_unet.py")}),
-                "BASE")
+    return next((b.folder.name for b in BASES.values() if (link.parent / b.script).is_symlink()), "BASE")
 
 
 def _shown(folder: Path) -> str:
@@ -66,28 +66,42 @@ def shared_data_dir() -> Path:
     return PROJECT_ROOT.parent / "shared" / "data"
 
 
-def load_module(path: Path, name: str):
-    """Import the Python file at ``path`` under the module name ``name`` (BASE folders are not
-    packages, and every BASE has a ``datasets.py``: importing them by path keeps them apart).
-    A module already loaded from the same file is returned as is."""
-    import importlib.util
-    import sys
+@dataclass(frozen=True)
+class Base:
+    """One BASE folder: the dataset it trains, its entry script and its data module."""
 
-    path = Path(path)
-    loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
-        return loaded
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # registered first: dataclasses look their module up while loading
-    spec.loader.exec_module(module)
-    return module
+    dataset: str        # em | gm | nih
+    folder: Path        # PROJECT_ROOT / "EM_BASE"
+    script: str         # the entry script an experiment folder links to: em_unet.py
+    data: str           # the module with FIELDS and build_datasets(cfg): em_data
 
 
-def base_module(base: str | Path, name: str = "datasets"):
-    """``<base>/<name>.py`` of a BASE folder (e.g. EM_BASE/datasets.py), imported as
-    ``<prefix>_<name>`` (``em_datasets``). ``base`` is a folder name under the project root or a path."""
-    base = Path(base)
-    folder = (base if base.is_absolute() or base.exists() else PROJECT_ROOT / base).resolve()
-    prefix = folder.name.split("_")[0].lower()
-    return load_module(folder / f"{name}.py", f"{prefix}_{name}")
+# The one rule that ties a dataset to its BASE, script and data module. Every module of a BASE has a
+# name no other BASE uses (em_data, gm_data, nih_data, ...), so the three folders can share sys.path.
+BASES = {b.dataset: b for b in (Base("em", PROJECT_ROOT / "EM_BASE", "em_unet.py", "em_data"),
+                                Base("gm", PROJECT_ROOT / "GM_BASE", "gmchallenge_unet.py", "gm_data"),
+                                Base("nih", PROJECT_ROOT / "NIH_BASE", "nih_unet.py", "nih_data"))}
+
+
+def base_of(name: str | Path) -> Base | None:
+    """The BASE that ``name`` means: a dataset (``em``), a BASE folder (``EM_BASE`` or its path), or an
+    entry script (``em_unet.py``, a link to it, or its path). None when it names none of them."""
+    text = Path(str(name)).name
+    for base in BASES.values():
+        if text.lower() in (base.dataset, base.folder.name.lower(), base.script) or \
+                Path(name).resolve() == base.folder.resolve():
+            return base
+    return None
+
+
+def base_module(base: str | Path, name: str | None = None):
+    """Import module ``name`` (default: the data module, e.g. ``em_data``) of a BASE folder the way its
+    script does: by its plain name, with the BASE folder on ``sys.path`` (Python puts a script's
+    resolved folder there when the script runs; tests and tools add it here)."""
+    found = base_of(base)
+    if found is None:
+        raise ValueError(f"{base}: not a BASE folder (allowed: {', '.join(b.folder.name for b in BASES.values())})")
+    folder = str(found.folder)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(name or found.data)

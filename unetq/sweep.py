@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .config import RUN_ONLY_KEYS, ConfigError, load, parse_overrides, read_yaml
-from .paths import base_module, broken_links
+from .paths import BASES, base_module, broken_links
 from .runlog import CONFIG_NAME, SUMMARY_NAME
 
 
@@ -97,8 +97,9 @@ def _nested(folder: Path, depth: int = 3) -> list[Path]:
 
 
 def _script(folder: Path) -> str | None:
-    scripts = sorted(p.name for p in folder.glob("*.py") if p.name != "datasets.py")
-    return scripts[0] if scripts else None
+    """The folder's entry script: the one file named like a BASE's script (em_unet.py,
+    gmchallenge_unet.py, nih_unet.py; unetq.paths.BASES), None without one."""
+    return next((b.script for b in BASES.values() if (folder / b.script).exists()), None)
 
 
 def make_job(folder: Path, overrides: dict, section: str = "UNET") -> Job:
@@ -132,7 +133,7 @@ def resolve(folder: Path, script: str, overrides: Mapping, section: str = "UNET"
     try:
         fields = getattr(base_module(real.parent), "FIELDS", ())
     except (OSError, ImportError, SyntaxError) as err:
-        raise ConfigError(f"{real.parent}/datasets.py: cannot load it ({err})") from None
+        raise ConfigError(f"{real.parent}: cannot load its data module ({err})") from None
     return load(folder / "config.yaml", section, overrides, extra_fields=fields, recipe=recipe, dataset=dataset)
 
 

@@ -15,7 +15,7 @@ from ..data import DataError
 from ..engine import overlay_indices
 from ..figures import overlay_rgb, panel_grid, plt, save_figure
 from ..models import build_model
-from ..paths import PROJECT_ROOT, base_module
+from ..paths import BASES, PROJECT_ROOT, base_module
 from ..runlog import CONFIG_NAME
 from .runs import NOT_PAPER, ResultsError, options_of, read_run, setting_label
 
@@ -94,10 +94,9 @@ def overlay_data(run_folders: Sequence[Path], n_slices: int = 3, threshold: floa
     if len(datasets) != 1:
         raise ResultsError(f"--overlays: the runs are of different datasets ({', '.join(sorted(datasets))}); give runs of one")
     dataset = datasets.pop()
-    base = PROJECT_ROOT / f"{dataset.upper()}_BASE"
-    if not (base / "datasets.py").is_file():
-        raise ResultsError(f"--overlays: no {base.name}/datasets.py for dataset {dataset!r}")
-    module = base_module(base)
+    if dataset not in BASES:
+        raise ResultsError(f"--overlays: no BASE folder for dataset {dataset!r} (allowed: {', '.join(BASES)})")
+    module = base_module(dataset)
     data, items, predictions = None, [], []
     for e in entries:
         ckpt_path = chosen.get(e.folder) or next((p for p in (e.folder / "best.pt", e.folder / "last.pt")

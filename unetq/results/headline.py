@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import COMMON_FIELDS, RUN_ONLY_KEYS
-from ..paths import PROJECT_ROOT, base_module
+from ..paths import BASES, PROJECT_ROOT, base_module
 from .runs import (DATASETS, NOT_PAPER, OTHER_PROTOCOL, Entry, _best, _order_key, canonical_name, cell_of,
                    options_of, setting_label)
 from .stats import Difference, pooled_sd, summarize, welch
@@ -104,9 +104,8 @@ def finished(entry: Entry) -> bool:
 def _defaults(dataset: str) -> dict:
     """Every config key of ``dataset`` at its default (the common keys and its BASE's)."""
     fields = list(COMMON_FIELDS)
-    base = PROJECT_ROOT / f"{dataset.upper()}_BASE" / "datasets.py"
-    if base.is_file():
-        fields += list(getattr(base_module(base.parent), "FIELDS", ()))
+    if dataset in BASES:
+        fields += list(getattr(base_module(dataset), "FIELDS", ()))
     return {f.name: f.default for f in fields}
 
 

@@ -17,8 +17,8 @@ paper: 0.25 mm), centre-cropped to ``crop_size`` (zero padding); training slices
 or with an all-zero input are dropped, validation slices are all kept. Training augmentation (elastic,
 random affine, channel shift) and per-slice instance normalisation run per item (unetq.transforms).
 
-This file is imported by plain name from GM_BASE (``import datasets``) and by file path from the
-tests, so it uses absolute imports only. ``python datasets.py phantom DIR`` writes the phantom files.
+Imported by its plain name ``gm_data``, with GM_BASE on sys.path (the script's folder; tests and
+tools use unetq.paths.base_module). ``python gm_data.py phantom DIR`` writes the phantom files.
 """
 
 from __future__ import annotations
@@ -678,10 +678,10 @@ def build_datasets(cfg) -> DataBundle:
 
 
 def main(argv=None) -> int:
-    """``python datasets.py phantom DIR [SEED]``: write the phantom's challenge files into DIR."""
+    """``python gm_data.py phantom DIR [SEED]``: write the phantom's challenge files into DIR."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) not in (2, 3) or argv[0] != "phantom":
-        print("usage: python datasets.py phantom DIR [SEED]", file=sys.stderr)
+        print("usage: python gm_data.py phantom DIR [SEED]", file=sys.stderr)
         return 2
     paths = write_phantom(argv[1], seed=int(argv[2]) if len(argv) == 3 else 0)
     print(f"wrote {len(paths)} files into {argv[1]}")

@@ -16,8 +16,8 @@ Labels: ISBI labels are 255 = cell interior, 0 = membrane. ``foreground: cell`` 
 paper scored) makes the cell interior the class 1; ``foreground: membrane`` the membrane. Cells
 cover ~77 % of the pixels, so predicting "all cell" already scores ~88 Dice: read scores against it.
 
-This file is imported by plain name from EM_BASE (``import datasets``) and by file path from the
-tests and pre-processing/em_isbi.py, so it uses absolute imports only.
+Imported by its plain name ``em_data``, with EM_BASE on sys.path (the script's folder; tests and
+tools use unetq.paths.base_module).
 """
 
 from __future__ import annotations

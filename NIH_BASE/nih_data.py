@@ -1,5 +1,5 @@
 """NIH data: Pancreas-CT (NIH / TCIA) slices for the quantized U-Net, from three sources, all through
-one pipeline (``pancreas_ct.py`` beside this file: readers, label check, windowing, ROI crops, split).
+one pipeline (``nih_pancreas_ct.py`` beside this file: readers, label check, windowing, ROI crops, split).
 
 Sources (config key ``data_source``):
     phantom  ``make_phantom_volume``: synthetic abdominal CT in HU with a pancreas-like structure,
@@ -18,8 +18,8 @@ Every source goes through the same steps: pancreas slices (label == ``label_valu
 on a label-free centre (``val_crop: body``) or on their label (``legacy_gt``, the original). The split
 is by patient: the last ``val_fraction`` of the patients validate (the sample excepted, see above).
 
-This file is imported by plain name from NIH_BASE (``import datasets``) and by file path from the
-tests, so it uses absolute imports only and loads ``pancreas_ct.py`` by path.
+Imported by its plain name ``nih_data``, with NIH_BASE on sys.path (the script's folder; tests and
+tools use unetq.paths.base_module).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from scipy import ndimage
 
 from unetq.config import ConfigError, Field
 from unetq.data import DataBundle, DataError, SliceDataset
-from unetq.paths import PROJECT_ROOT, base_module, shared_data_dir
+from unetq.paths import PROJECT_ROOT, shared_data_dir
 
-pct = base_module(Path(__file__).resolve().parent, "pancreas_ct")
+import nih_pancreas_ct as pct   # beside this file: its folder is on sys.path (unetq.paths.base_module)
 
 FIELDS: tuple[Field, ...] = (
     Field("label_value", "int", None, "pancreas value in the label volumes; null: 1 (NIH, the phantom), "

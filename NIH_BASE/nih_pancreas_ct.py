@@ -1,5 +1,5 @@
 """Pancreas-CT (NIH / TCIA) volumes -> 2-D training slices: the readers, the label check and the
-pipeline shared by ``pre-processing/nih_pancreas.py`` and ``NIH_BASE/datasets.py``.
+pipeline shared by ``pre-processing/nih_pancreas.py`` and ``NIH_BASE/nih_data.py``.
 
 Reading
     DICOM series (pydicom, optional; a clear message when it is missing): one folder per patient
@@ -35,7 +35,7 @@ A case that cannot be used raises :class:`CaseError`; :func:`prepare` skips it, 
 on with the others, as it does for any unexpected exception of one case (recorded with its type).
 Problems that concern every case (no pydicom, bad options) raise DataError and stop the run.
 
-This file is loaded by file path (``unetq.paths.base_module``), so it uses absolute imports only.
+Imported by its plain name ``nih_pancreas_ct``, with NIH_BASE on sys.path (unetq.paths.base_module).
 """
 
 from __future__ import annotations

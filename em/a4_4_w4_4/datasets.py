@@ -1,1 +1,0 @@
-../../EM_BASE/datasets.py

@@ -1,1 +1,0 @@
-../../GM_BASE/datasets.py

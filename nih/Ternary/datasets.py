@@ -1,1 +1,0 @@
-../../NIH_BASE/datasets.py

@@ -1,1 +1,0 @@
-../../NIH_BASE/pancreas_ct.py
