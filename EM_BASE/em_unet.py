@@ -1,27 +1,80 @@
 #!/usr/bin/env python
-"""EM (ISBI 2012 electron microscopy): train / evaluate / visualize the quantized U-Net.
+"""EM (ISBI 2012 electron microscopy): the whole experiment of the quantized U-Net on one page.
 
     cd em/a6_0_w0_4 && python em_unet.py -f config.yaml -t UNET [-o key=value ...]
 
-The method (quantizers, U-Net, losses, metrics, engine) lives in the `unetq` package; this script
-holds only the EM recipe (docs/method.md section 4) and hands the EM data (datasets.py, beside this
-file's real location) to the shared command line.
+Reading top to bottom: the config (the EM recipe is the default: batch 5/4, 0.5 BCE + 0.5 Dice loss,
+step schedule, pow2 fixed point; docs/method.md section 4), the data (em_data.py beside this file),
+the U-Net with its weight and activation formats, then the mode: train (normal, retrain, resume),
+inference or visualize. To change the EM loss, optimizer or loop, change this file.
+
+What happens around the experiment (run folder, lock, log, checkpoints, resume, signals, torchrun,
+exit status) is unetq/session.py; the method is unetq/quantize.py, layers.py, models.py, losses.py,
+metrics.py; the validation pass is unetq/engine.py.
 """
 
 import sys
 
+import torch
+
 import em_data  # EM_BASE/em_data.py: Python puts this file's resolved folder on sys.path
+from unetq.engine import evaluate, infer, lr_at, make_loader, overlay_indices, ternary_beta, train_step, visualize
+from unetq.losses import build_loss
+from unetq.models import UNet, formats
+from unetq.session import Session
 
-from unetq.cli import run_script
 
-# The paper's EM recipe; every value can be changed in the YAML or with -o.
-RECIPE = {
-    "batch_size": 5,
-    "val_batch_size": 4,
-    "loss": "bce_dice",      # 0.5 BCE + 0.5 (1 - Dice), on logits (the original's double sigmoid: legacy_double_sigmoid)
-    "lr_schedule": "step",   # x0.1 at epochs N/5, 2N/5, 3N/5, 4N/5
-    "fixed_mode": "pow2",    # the authors' EM code rounded FIXED to powers of two (docs/method.md section 1)
-}
+def build_model(cfg) -> UNet:
+    """The paper's U-Net: its 12 quantized convs use the weight format, every activation quantizer the
+    activation format (e.g. Q0.4 and Q6.0, pow2); the first block's convs and the head stay float."""
+    weights, activations = formats(cfg)
+    return UNet(weights, activations, activation=cfg.activation, dropout=cfg.dropout, base_width=cfg.base_width,
+                init_type=cfg.init_type, first_block_activation=cfg.first_block_activation)
+
+
+def train(run: Session, model: UNet, data, optimizer: torch.optim.Optimizer) -> None:
+    """Train for cfg.num_epochs epochs; validate after each (the session records it and keeps best.pt)."""
+    cfg = run.cfg
+    loss_fn = build_loss(cfg.loss, cfg.legacy_double_sigmoid)
+    train_loader = make_loader(data.train, cfg.batch_size, cfg, run.device, shuffle=True, world=run.world)
+    val_loader = make_loader(data.val, cfg.val_batch_size, cfg, run.device, shuffle=False, world=run.world)
+    keep = overlay_indices(len(data.val))              # the validation slices drawn as overlays
+    for epoch in run.epochs():
+        lr = lr_at(cfg, epoch)                          # step: x0.1 at epochs N/5, 2N/5, 3N/5, 4N/5
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.activation == "ternarytanh":
+            model.set_ternary_beta(ternary_beta(cfg, epoch))
+        for source in (data.train, train_loader.sampler):   # the (seed, epoch) order and augmentation
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
+        run.net.train()
+        losses = []
+        for x, y in run.batches(train_loader, f"epoch {epoch}"):
+            losses.append(train_step(run.net, x, y, loss_fn, optimizer, run.compute))
+        train_loss = run.train_loss(losses, epoch)
+        metrics, kept = evaluate(model, val_loader, cfg, run.device, loss_fn, keep, run.compute, run.world)
+        run.end_epoch(epoch, lr, train_loss, metrics, kept)
+
+
+def main(argv=None) -> int:
+    """Run the mode the config asks for; returns the exit status (2: a problem the message names)."""
+    with Session("em", argv) as run:
+        cfg = run.config()
+        model = build_model(cfg)
+        run.load_weights(model)                         # retrain / inference / visualize / resume
+        mode = cfg.operation_mode
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if mode in ("normal", "retrain", "resume") else None
+        data = None if mode == "visualize" else em_data.build_datasets(cfg)
+        run.start(data, optimizer)                      # from here on the run writes into its folder
+        if mode == "visualize":
+            run.done(figures=[str(p) for p in visualize(run)])
+        elif mode == "inference":
+            run.done(metrics=infer(run))
+        else:
+            train(run, model, data, optimizer)
+    return run.exit_code
+
 
 if __name__ == "__main__":
-    sys.exit(run_script("em", em_data, RECIPE))
+    sys.exit(main())

@@ -9,13 +9,14 @@ import torch
 import yaml
 
 from unetq import bench, engine, layers
-from unetq.cli import run_script
 from unetq.config import ConfigError, validate
 from unetq.layers import QuantConv2d, QuantFormat
 from unetq.losses import build_loss
 from unetq.models import build_model
 from unetq.paths import base_module
 from unetq.quantize import binary, fixed_point, pow2_limit, ternary
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 FIXED = {"quantization": "fixed", "activation_i_width": 6, "weight_f_width": 4}
 
@@ -249,8 +250,7 @@ def test_a_bf16_run_end_to_end(tmp_path, one_thread):
            "batch_size": 2, "val_batch_size": 2, **FIXED, "amp": "bf16", "experiment_name": "amp",
            "overlay_every": 0, "threshold": 0.5}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"UNET": cfg}))
-    em = base_module("EM_BASE")
-    assert run_script("em", em, {}, ["-f", str(tmp_path / "config.yaml"), "-q"]) == 0
+    assert EM_SCRIPT.main(["-f", str(tmp_path / "config.yaml"), "-q"]) == 0
     summary = json.loads((tmp_path / "runs" / "amp" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["epochs_done"] == 1
 

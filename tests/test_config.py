@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unetq.cli import run_script
-from unetq.config import ConfigError, load, parse_overrides, validate
+from unetq.config import COMMON_FIELDS, RECIPES, ConfigError, load, parse_overrides, validate
 from unetq.paths import base_module
 
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
+
 EM = base_module("EM_BASE")
+DEFAULTS = {f.name: f.default for f in COMMON_FIELDS}
 GOOD = {"dataset": "em", "num_epochs": 1, "base_width": 4, "phantom_images": 4, "val_sections": 2}
 
 
@@ -22,7 +24,7 @@ def write_config(folder: Path, section: dict | str, name: str = "UNET") -> Path:
 
 def run_cli(tmp_path, section, capsys, extra_args=(), name="UNET"):
     path = write_config(tmp_path, section, name)
-    code = run_script("em", EM, {}, ["-f", str(path), "-t", "UNET", "-q", *extra_args])
+    code = EM_SCRIPT.main(["-f", str(path), "-t", "UNET", "-q", *extra_args])
     err = capsys.readouterr().err.strip()
     return code, err
 
@@ -76,9 +78,9 @@ def test_missing_section_lists_the_sections_found(tmp_path, capsys):
 def test_non_utf8_and_missing_file(tmp_path, capsys):
     path = tmp_path / "config.yaml"
     path.write_bytes(b"UNET:\n  lr: \xff\xfe\n")
-    assert run_script("em", EM, {}, ["-f", str(path)]) == 2
+    assert EM_SCRIPT.main(["-f", str(path)]) == 2
     assert "not UTF-8" in capsys.readouterr().err
-    assert run_script("em", EM, {}, ["-f", str(tmp_path / "absent.yaml")]) == 2
+    assert EM_SCRIPT.main(["-f", str(tmp_path / "absent.yaml")]) == 2
     assert "cannot read the config file" in capsys.readouterr().err
 
 
@@ -112,10 +114,14 @@ def test_values_are_case_insensitive_and_typed(tmp_path):
 
 
 def test_precedence_default_recipe_file_override(tmp_path):
+    """The dataset's recipe (config.RECIPES) replaces the schema default; the file and -o replace both."""
     path = write_config(tmp_path, {**GOOD, "batch_size": 7})
-    cfg = load(path, "UNET", {"val_batch_size": 3}, extra_fields=EM.FIELDS, recipe={"batch_size": 5,
-               "val_batch_size": 4, "loss": "bce_dice"}, dataset="em")
+    cfg = load(path, "UNET", {"val_batch_size": 3}, dataset="em")
     assert (cfg.batch_size, cfg.val_batch_size, cfg.loss, cfg.lr) == (7, 3, "bce_dice", 1e-3)
+    assert RECIPES["em"]["loss"] == "bce_dice" and DEFAULTS["loss"] == "dice"          # the recipe decided
+    (tmp_path / "gm").mkdir()
+    gm = load(write_config(tmp_path / "gm", {"dataset": "gm", "num_epochs": 1}), "UNET", dataset="gm")
+    assert (gm.batch_size, gm.loss, gm.lr_schedule) == (16, "dice", "cosine")        # GM: the schema defaults
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_notice():
@@ -136,7 +142,7 @@ def test_config_error_is_a_value_error_with_one_line():
 
 
 def test_repeated_override_flags_accumulate(tmp_path):
-    from unetq.cli import parse_args
+    from unetq.session import parse_args
 
     args = parse_args(["-f", "c.yaml", "-o", "num_epochs=1", "-o", "base_width=4", "seed=3"], prog="x")
     assert args.override == ["num_epochs=1", "base_width=4", "seed=3"]

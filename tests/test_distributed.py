@@ -10,7 +10,9 @@ import yaml
 
 from unetq import runlock
 from unetq.distributed import EpochShuffle, Shard, World
-from unetq.paths import PROJECT_ROOT
+from unetq.paths import PROJECT_ROOT, base_module
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 10, "val_sections": 3,
         "batch_size": 4, "val_batch_size": 2, "overlay_every": 0, "lr_schedule": "constant",
@@ -144,15 +146,12 @@ def test_sync_bn_is_refused_when_the_run_is_not_on_cuda(device, tmp_path, monkey
     too, with one line, before anything is written, even for a single process."""
     import torch
 
-    from unetq.cli import run_script
-    from unetq.paths import base_module
-
     if device == "cpu":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     elif torch.cuda.is_available():
         pytest.skip("a CUDA machine: device auto runs on the GPU")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"UNET": {**TINY, "sync_bn": True, "device": device}}))
-    assert run_script("em", base_module("EM_BASE"), {}, ["-f", str(tmp_path / "config.yaml"), "-q"]) == 2
+    assert EM_SCRIPT.main(["-f", str(tmp_path / "config.yaml"), "-q"]) == 2
     err = capsys.readouterr().err
     why = "device: cpu" if device == "cpu" else "device: auto, and no usable CUDA GPU was found"
     assert err == (f"error: {tmp_path / 'config.yaml'}: key 'sync_bn': SyncBatchNorm needs a CUDA device, but "

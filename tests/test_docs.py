@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unetq.config import key_table, reference_markdown
+from unetq.config_docs import key_table, reference_markdown
 from unetq.paths import PROJECT_ROOT
 
 SCANNED = (".py", ".yaml", ".md")

@@ -10,22 +10,23 @@ import torch
 import yaml
 
 from unetq import checkpoint
-from unetq.cli import run_script
 from unetq.config import validate
 from unetq.engine import evaluate, lr_at, ternary_beta
 from unetq.paths import base_module
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 EM = base_module("EM_BASE")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,
         "batch_size": 2, "val_batch_size": 2, "quantization": "FIXED", "activation_i_width": 4,
         "activation_f_width": 4, "weight_i_width": 0, "weight_f_width": 4, "overlay_every": 1,
-        "experiment_name": "tiny", "threshold": 0.5}
+        "experiment_name": "tiny", "threshold": 0.5, "fixed_mode": "paper"}
 
 
 def run(folder, section, *overrides):
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": section}))
-    return run_script("em", EM, {"loss": "bce_dice", "lr_schedule": "step"}, ["-f", str(path), "-q", "-o", *overrides])
+    return EM_SCRIPT.main(["-f", str(path), "-q", "-o", *overrides])
 
 
 def rows(path):
@@ -103,22 +104,22 @@ def test_retrain_keeps_the_earlier_run(tmp_path):
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    import unetq.engine as engine
+    from unetq.session import Session
 
     config = {**TINY, "num_epochs": 3, "dropout": True, "overlay_every": 0}
     assert run(tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, config) == 0
-    real = engine.train_epoch
+    real = Session.batches
 
-    def interrupt_at_epoch_3(model, loader, loss_fn, optimizer, device, desc="train", *rest):
+    def interrupt_at_epoch_3(self, loader, desc):
         if desc == "epoch 3":
             raise KeyboardInterrupt
-        return real(model, loader, loss_fn, optimizer, device, desc, *rest)
+        return real(self, loader, desc)
 
     (tmp_path / "b").mkdir()
-    monkeypatch.setattr(engine, "train_epoch", interrupt_at_epoch_3)
+    monkeypatch.setattr(Session, "batches", interrupt_at_epoch_3)
     assert run(tmp_path / "b", config) == 130
     assert json.loads((tmp_path / "b/runs/tiny/summary.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(engine, "train_epoch", real)
+    monkeypatch.setattr(Session, "batches", real)
     assert run(tmp_path / "b", {**config, "operation_mode": "resume"}) == 0
     a, b = (torch.load(tmp_path / x / "runs/tiny/last.pt", weights_only=True) for x in "ab")
     assert a["epoch"] == b["epoch"] == 3

@@ -47,7 +47,8 @@ def test_newexp_creates_links_and_edited_config(tmp_path):
     section = yaml.safe_load(text)["UNET"]
     assert (section["quantization"], section["activation_i_width"], section["weight_f_width"],
             section["experiment_name"]) == ("FIXED", 5, 3, "a5_0_w0_3")
-    assert "# Normal | FIXED | INT | BNN | Ternary" in text                     # comments kept
+    assert "  quantization: FIXED\n" in text              # an edited key loses the comment about the BASE's value
+    assert "activation: relu            # relu | tanh | ternarytanh" in text          # the others keep theirs
     assert (dest / "em_unet.py").resolve() == (PROJECT_ROOT / "EM_BASE/em_unet.py").resolve()
     assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "em_unet.py"]
 
@@ -85,4 +86,4 @@ def test_edit_yaml_text_appends_missing_keys():
     text = "# head\nUNET:\n  lr: 0.1   # rate\nOTHER:\n  x: 1\n"
     out = edit_yaml_text(text, {"lr": 0.5, "seed": 3})
     assert yaml.safe_load(out) == {"UNET": {"lr": 0.5, "seed": 3}, "OTHER": {"x": 1}}
-    assert "  lr: 0.5   # rate" in out
+    assert "  lr: 0.5\n" in out and "# rate" not in out and out.startswith("# head\n")   # stale comment gone

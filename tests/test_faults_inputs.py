@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from unetq import checkpoint, runlock
-from unetq.cli import check_run_dir, run_script
+from unetq.runfolder import check_run_dir
 from unetq.config import Config, ConfigError, validate
 from unetq.data import DataError
 from unetq.engine import format_metrics, lr_at
@@ -22,6 +22,8 @@ from unetq.newexp import create
 from unetq.paths import PROJECT_ROOT, base_module
 from unetq.runlog import RunLog
 from unetq.sweep import main as sweep_main
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 EM = base_module("EM_BASE")
 GM = base_module("GM_BASE")
@@ -41,7 +43,7 @@ def write(folder, section):
 def run(folder, section, capsys, *overrides):
     """Run ``section`` in-process as em_unet.py would; (exit status, stderr)."""
     argv = ["-f", str(write(folder, section)), "-q"] + (["-o", *overrides] if overrides else [])
-    code = run_script("em", EM, {}, argv)
+    code = EM_SCRIPT.main(argv)
     return code, capsys.readouterr().err
 
 
@@ -69,7 +71,7 @@ def assert_resume_refused(folder, capsys, *words):
 def trained(tmp_path_factory):
     """One complete 2-epoch run (its folder is copied by the tests that change it)."""
     root = tmp_path_factory.mktemp("trained")
-    code = run_script("em", EM, {}, ["-f", str(write(root, TINY)), "-q"])
+    code = EM_SCRIPT.main(["-f", str(write(root, TINY)), "-q"])
     assert code == 0
     return root
 
@@ -191,7 +193,7 @@ def test_hostile_configs_get_one_short_line_quickly(tmp_path, capsys, text, word
     path = tmp_path / "config.yaml"
     path.write_text(text)
     started = time.process_time()          # CPU time: the test machine may be busy with other work
-    code = run_script("em", EM, {}, ["-f", str(path), "-q"])
+    code = EM_SCRIPT.main(["-f", str(path), "-q"])
     line = one_line(capsys.readouterr().err)
     assert code == 2 and words in line and len(line) < 400, line
     assert time.process_time() - started < 5

@@ -8,9 +8,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from unetq.cli import run_script
 from unetq.config import COMMON_FIELDS, ConfigError, load
 from unetq.paths import base_module
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
+GM_SCRIPT = base_module("GM_BASE", "gmchallenge_unet")
+NIH_SCRIPT = base_module("NIH_BASE", "nih_unet")
 
 EM = base_module("EM_BASE")
 VALID = {"dataset": "em", "num_epochs": 1, "base_width": 4, "phantom_images": 4, "val_sections": 2,
@@ -23,12 +26,12 @@ NASTY = [None, -1, -10**12, 10**30, 1e308, float("nan"), float("inf"), "", "x" *
 def no_training(monkeypatch):
     """Every input here must be refused before training; if one slipped through, fail fast instead
     of training a paper-size model."""
-    import unetq.cli
+    import unetq.runfolder
 
     def refuse(*args):
         raise AssertionError("this malformed input was accepted and reached training")
 
-    monkeypatch.setattr(unetq.cli, "_dispatch", refuse)
+    monkeypatch.setattr(unetq.runfolder, "header", refuse)     # what a run writes once everything was checked
 
 
 def entry(tmp_path, text_or_bytes, capsys):
@@ -37,7 +40,7 @@ def entry(tmp_path, text_or_bytes, capsys):
         path.write_bytes(text_or_bytes)
     else:
         path.write_text(text_or_bytes, encoding="utf-8")
-    code = run_script("em", EM, {}, ["-f", str(path), "-q"])
+    code = EM_SCRIPT.main(["-f", str(path), "-q"])
     err = capsys.readouterr().err
     return code, err
 
@@ -189,7 +192,7 @@ def test_malformed_gm_volumes(tmp_path, capsys, corrupt):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": {"dataset": "gm", "num_epochs": 1, "base_width": 4, "sites": "1",
                                              "data_source": "real", "data_path": str(data)}}))
-    code = run_script("gm", GM, {}, ["-f", str(path), "-q"])
+    code = GM_SCRIPT.main(["-f", str(path), "-q"])
     err = capsys.readouterr().err
     assert_clean_refusal(tmp_path, code, err)
     assert str(data) in err
@@ -230,7 +233,7 @@ def test_malformed_nih_cases(tmp_path, capsys, corrupt):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": {"dataset": "nih", "num_epochs": 1, "base_width": 4,
                                              "data_source": "real", "data_path": str(data)}}))
-    code = run_script("nih", NIH, {}, ["-f", str(path), "-q"])
+    code = NIH_SCRIPT.main(["-f", str(path), "-q"])
     err = capsys.readouterr().err
     assert_clean_refusal(tmp_path, code, err)
     if corrupt is not nih_label_without_image:

@@ -14,12 +14,12 @@ import torch
 import yaml
 
 from unetq import engine, metrics
-from unetq.cli import run_script
 from unetq.config import load, validate
 from unetq.paths import PROJECT_ROOT, base_module
 
+GM_SCRIPT = base_module("GM_BASE", "gmchallenge_unet")
+
 GM = base_module("GM_BASE")
-RECIPE = {"batch_size": 16, "val_batch_size": 16, "loss": "dice", "lr_schedule": "cosine"}
 TINY = {"dataset": "gm", "num_epochs": 1, "base_width": 4, "sites": "1", "phantom_subjects": 3, "phantom_slices": 3,
         "train_subjects": "1-2", "val_subjects": "3", "crop_size": 64, "rater_mode": "majority",
         "batch_size": 4, "val_batch_size": 4, "threshold": 0.5, "overlay_every": 0, "experiment_name": "tiny"}
@@ -30,7 +30,7 @@ ROWS = {"full_precision", "a8_8_w8_8", "a8_0_w0_8", "a6_0_w0_4", "a4_0_w0_2", "a
 def run(folder, section, *overrides):
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": section}))
-    return run_script("gm", GM, RECIPE, ["-f", str(path), "-q", "-o", *overrides])
+    return GM_SCRIPT.main(["-f", str(path), "-q", "-o", *overrides])
 
 
 def rows(path):

@@ -13,14 +13,14 @@ import yaml
 
 from unetq.paths import base_module
 from nih_cases import edit_dicom, toy_volume, write_dicom_series, write_nifti
-from unetq.cli import run_script
 from unetq.config import validate
 from unetq.newexp import create
 from unetq.paths import PROJECT_ROOT
 
+NIH_SCRIPT = base_module("NIH_BASE", "nih_unet")
+
 nih = base_module("NIH_BASE")
 pct = nih.pct
-RECIPE = base_module("NIH_BASE", "nih_unet").RECIPE
 SCRIPT = PROJECT_ROOT / "pre-processing" / "nih_pancreas.py"
 CROP = ("--crop", "16", "24")
 
@@ -184,7 +184,7 @@ def tiny_section(**keys):
 def test_tiny_training_run_on_the_phantom(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": tiny_section(phantom_patients=2, crop_height=32, crop_width=48)}))
-    assert run_script("nih", nih, RECIPE, ["-f", str(path), "-q"]) == 0
+    assert NIH_SCRIPT.main(["-f", str(path), "-q"]) == 0
     run = tmp_path / "runs" / "tiny"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["data_source"] == "phantom"
@@ -208,7 +208,7 @@ def test_prepare_then_train_from_an_experiment_folder(tmp_path, capsys):
     assert summary["status"] == "complete" and summary["data_source"] == "real"
     assert "Pancreas-CT prepared" in summary["data_description"]
     assert "9 train / 6 val slices 16x24" in summary["data_description"]
-    assert run_script("nih", nih, RECIPE, ["-f", str(exp / "config.yaml"), "-q", "-o", "data_path=nowhere"]) == 2
+    assert NIH_SCRIPT.main(["-f", str(exp / "config.yaml"), "-q", "-o", "data_path=nowhere"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere: no such folder" in err
 
@@ -219,7 +219,7 @@ def test_every_nih_config_uses_the_paper_mode_and_recipe():
             continue
         text = (folder / "config.yaml").read_text()
         section = yaml.safe_load(text)["UNET"]
-        cfg = validate(section, extra_fields=nih.FIELDS, recipe=RECIPE, dataset="nih")
+        cfg = validate(section, dataset="nih")
         assert cfg.fixed_mode == "paper" and "fixed_mode: paper           # the authors' NIH code ran" in text
         assert (cfg.loss, cfg.lr_schedule) == ("dice", "cosine")
         if folder.name in ("a8_8_w8_8", "Ternary"):

@@ -229,7 +229,7 @@ def test_refused_flavour_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 def test_missing_package_is_one_line_and_training_does_not_need_it():
     code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n"
-            "import unetq.cli, unetq.engine\n"
+            "import unetq.session, unetq.engine\n"
             "from unetq import onnx_export\n"
             "sys.exit(onnx_export.main(['whatever.pt']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT,

@@ -12,14 +12,14 @@ import torch
 import yaml
 
 from unetq import checkpoint, convert, newexp, original, sweep
-from unetq.cli import run_script
 from unetq.config import validate
 from unetq.models import build_model
 from unetq.paths import PROJECT_ROOT, base_module, broken_links
 from unetq.weights import sha256
 
-BASES = {name: (base_module(f"{name.upper()}_BASE"), sweep.script_recipe(PROJECT_ROOT / f"{name.upper()}_BASE" / script)[1])
-         for name, script in (("em", "em_unet.py"), ("gm", "gmchallenge_unet.py"), ("nih", "nih_unet.py"))}
+
+SCRIPTS = {name: base_module(f"{name.upper()}_BASE", script) for name, script in
+           (("em", "em_unet"), ("gm", "gmchallenge_unet"), ("nih", "nih_unet"))}
 # Small phantoms, so that each run takes a few CPU seconds (the configs themselves stay as written).
 SMALL = {"em": ["phantom_images=4", "val_sections=2"],
          "gm": ["sites=1", "phantom_subjects=3", "phantom_slices=3", "train_subjects=1-2", "val_subjects=3",
@@ -29,10 +29,9 @@ SMALL = {"em": ["phantom_images=4", "val_sections=2"],
 
 def run(dataset, config, out, *overrides):
     """Run the dataset's script on ``config`` with a tiny protocol, as its experiment folder would."""
-    module, recipe = BASES[dataset]
     args = ["-f", str(config), "-t", "UNET", "-q", "-o", f"log_output_dir={out}", "num_epochs=1", "base_width=4",
             *SMALL[dataset], *overrides]
-    return run_script(dataset, module, recipe, args)
+    return SCRIPTS[dataset].main(args)
 
 
 def write(folder: Path, text: str) -> Path:
@@ -54,13 +53,12 @@ def test_dataset_is_a_free_label_naming_at_most_a_notice():
     assert line.startswith("notice: x/config.yaml: key 'dataset': 'gmchallenge' names the GM dataset, but this "
                            "script trains EM")
     assert original.label_notice("emdataset", "em", "c") is None and original.label_notice("foo", "em", "c") is None
-    cfg = validate({"dataset": "gmchallenge"}, extra_fields=BASES["em"][0].FIELDS, dataset="em")
+    cfg = validate({"dataset": "gmchallenge"}, dataset="em")
     assert (cfg.dataset, cfg.label) == ("em", "gmchallenge") and "names the GM dataset" in cfg.notices[0]
 
 
 def resolved(name, /, **keys):
-    module, recipe = BASES[name]
-    return validate(keys, extra_fields=module.FIELDS, recipe=recipe, dataset=name)
+    return validate(keys, dataset=name)
 
 
 def test_each_key_the_original_code_read_differently_is_named_and_the_switch_runs_what_it_ran():

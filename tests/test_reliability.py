@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from unetq import checkpoint
-from unetq.cli import run_script
 from unetq.paths import PROJECT_ROOT, base_module
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 EM = base_module("EM_BASE")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, "val_sections": 2,
@@ -33,7 +34,7 @@ def write(folder, section):
 
 def run(folder, section, capsys=None, overrides=()):
     argv = ["-f", str(write(folder, section)), "-q"] + (["-o", *overrides] if overrides else [])
-    code = run_script("em", EM, {}, argv)
+    code = EM_SCRIPT.main(argv)
     err = capsys.readouterr().err if capsys else ""
     return code, err
 
@@ -112,9 +113,7 @@ def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, capsys, monkeypatch):
-    import unetq.engine as engine
-
-    real = engine.build_loss
+    real = EM_SCRIPT.build_loss
 
     def poisoned(name, legacy=False):
         loss = real(name, legacy)
@@ -126,7 +125,7 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, capsys, m
             return value * float("nan") if calls["n"] == 5 else value    # 2 train + 1 val call per epoch: epoch 2, batch 2
         return wrapped
 
-    monkeypatch.setattr(engine, "build_loss", poisoned)
+    monkeypatch.setattr(EM_SCRIPT, "build_loss", poisoned)
     code, err = run(tmp_path, {**TINY, "num_epochs": 3}, capsys)
     assert code == 2
     assert "epoch 2" in err and "non-finite training loss at batch 2" in err and "Traceback" not in err
@@ -171,19 +170,19 @@ def test_unwritable_output_or_full_disk_fails_before_training(tmp_path, capsys, 
 
 
 def test_resume_of_a_retrain_run_continues_its_own_last_checkpoint(tmp_path, capsys, monkeypatch):
-    import unetq.engine as engine
+    import unetq.session as session
 
     assert run(tmp_path / "src", {**TINY, "num_epochs": 3, "experiment_name": "src"})[0] == 0   # a 3-epoch source
     source = str(tmp_path / "src/runs/src/last.pt")
     retrain = {**TINY, "num_epochs": 3, "operation_mode": "retrain", "trained_model": source}
-    real = engine._save_epoch
+    real = session.save_epoch
 
     def stop_at_epoch_2(run_, epoch, *args):
         if epoch == 2:       # after epoch 2's metrics row, before its last.pt: the window an interrupt can hit
             raise KeyboardInterrupt
         return real(run_, epoch, *args)
 
-    monkeypatch.setattr(engine, "_save_epoch", stop_at_epoch_2)
+    monkeypatch.setattr(session, "save_epoch", stop_at_epoch_2)
     code, err = run(tmp_path / "exp", retrain, capsys)
     assert code == 130 and "last.pt holds epoch 1" in err
     monkeypatch.undo()

@@ -13,9 +13,10 @@ from unetq import results
 from unetq.results import headline
 from unetq.results.runs import Entry, discover
 from unetq.results.stats import pooled_sd, summarize, welch
-from unetq.cli import run_script
 from unetq.paths import PROJECT_ROOT, base_module
 from unetq.runlog import RunLog
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 EM = base_module("EM_BASE")
 A6W04 = dict(quantization="FIXED", activation_i_width=6, weight_f_width=4)
@@ -74,7 +75,7 @@ def tree(tmp_path_factory):
     (tiny / "config.yaml").write_text(yaml.safe_dump({"UNET": dict(
         dataset="em", num_epochs=1, base_width=4, phantom_images=4, val_sections=2, batch_size=2, val_batch_size=2,
         experiment_name="sat", fixed_mode="saturating", threshold=0.5, **A6W04)}))
-    assert run_script("em", EM, {}, ["-f", str(tiny / "config.yaml"), "-q"]) == 0
+    assert EM_SCRIPT.main(["-f", str(tiny / "config.yaml"), "-q"]) == 0
     out = root / "out"
     readme = root / "README.md"
     readme.write_text(f"# title\n\nbefore\n{results.README_BEGIN}\nold table\n{results.README_END}\nafter\n")

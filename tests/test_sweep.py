@@ -11,7 +11,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 import yaml
 
-from unetq import sweep
+from unetq import sweep, sweep_runner
 from unetq.newexp import create
 from unetq.paths import PROJECT_ROOT
 from unetq.sweep import main
@@ -151,12 +151,12 @@ def test_sweep_refuses_two_folders_writing_one_run_folder(tmp_path, capsys):
 
 
 def test_gpu_slots_map_into_the_inherited_device_list():
-    assert sweep.gpu_ids(2, None) == ["0", "1"]
-    assert sweep.gpu_ids(2, "4,5") == ["4", "5"]                       # SLURM gave GPUs 4 and 5
-    assert sweep.gpu_ids(2, " GPU-a1, GPU-b2 ,GPU-c3") == ["GPU-a1", "GPU-b2"]
-    assert sweep.cpu_threads(16, 4, {}) == "4" and sweep.cpu_threads(2, 4, {}) == "1"
-    assert sweep.cpu_threads(16, 1, {}) is None                        # one run at a time: torch's choice
-    assert sweep.cpu_threads(16, 4, {"OMP_NUM_THREADS": "3"}) is None  # the user's choice stays
+    assert sweep_runner.gpu_ids(2, None) == ["0", "1"]
+    assert sweep_runner.gpu_ids(2, "4,5") == ["4", "5"]                       # SLURM gave GPUs 4 and 5
+    assert sweep_runner.gpu_ids(2, " GPU-a1, GPU-b2 ,GPU-c3") == ["GPU-a1", "GPU-b2"]
+    assert sweep_runner.cpu_threads(16, 4, {}) == "4" and sweep_runner.cpu_threads(2, 4, {}) == "1"
+    assert sweep_runner.cpu_threads(16, 1, {}) is None                        # one run at a time: torch's choice
+    assert sweep_runner.cpu_threads(16, 4, {"OMP_NUM_THREADS": "3"}) is None  # the user's choice stays
 
 
 @pytest.mark.parametrize("gpus", [2, 0])
@@ -173,7 +173,7 @@ def test_children_get_their_gpu_or_their_share_of_the_cores(gpus, tmp_path, monk
 
     monkeypatch.setattr(sweep, "_call", fake_call)
     jobs = [sweep.Job(tmp_path / "em" / n, "em_unet.py", tmp_path / "runs" / n) for n in ("a", "b", "c")]
-    assert sweep.run_all(jobs, [], 4, "UNET").failures == []
+    assert sweep_runner.run_all(jobs, [], 4, "UNET").failures == []
     if gpus:
         assert {e["CUDA_VISIBLE_DEVICES"] for e in seen.values()} == {"4", "5"}
         assert all(e.get("OMP_NUM_THREADS") != "2" for e in seen.values())

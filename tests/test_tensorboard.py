@@ -9,9 +9,10 @@ import sys
 import pytest
 import yaml
 
-from unetq.cli import run_script
 from unetq.paths import PROJECT_ROOT, base_module
 from unetq.tensorboard_log import open_writer, scalar_name
+
+EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -25,7 +26,7 @@ TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 6, 
 def _run(folder, **keys):
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": {**TINY, **keys}}))
-    assert run_script("em", EM, {"loss": "bce_dice", "lr_schedule": "step"}, ["-f", str(path), "-q"]) == 0
+    assert EM_SCRIPT.main(["-f", str(path), "-q"]) == 0
     return folder / "runs" / "tb"
 
 
@@ -67,8 +68,8 @@ def test_a_run_without_tensorboard_says_what_to_install_and_goes_on(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": {**TINY, "num_epochs": 1}}))
     code = ("import sys; sys.modules['torch.utils.tensorboard'] = None; sys.modules['onnx'] = None\n"
-            "from unetq.cli import run_script; from unetq.paths import base_module\n"
-            f"sys.exit(run_script('em', base_module('EM_BASE'), {{}}, ['-f', {str(path)!r}, '-q']))")
+            "from unetq.paths import base_module\n"
+            f"sys.exit(base_module('EM_BASE', 'em_unet').main(['-f', {str(path)!r}, '-q']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT,
                           env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr

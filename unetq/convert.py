@@ -24,8 +24,8 @@ from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load, parse_overrides
 from .models import MODEL_KEYS, build_model
 from .newexp import base_script, find_base
-from .paths import base_module
-from .sweep import _script, script_recipe
+from .paths import base_of
+from .sweep import _script
 
 
 def config_for(path: Path, overrides: dict, section: str = "UNET", base: Path | None = None) -> Config:
@@ -39,10 +39,7 @@ def config_for(path: Path, overrides: dict, section: str = "UNET", base: Path | 
         script = path.parent / name if name else None
     if script is None or not script.exists():
         raise ConfigError(f"{path}: no BASE script beside it (em_unet.py, ...); name its BASE with --base EM_BASE")
-    real = script.resolve()
-    dataset, recipe = script_recipe(real)
-    return load(path, section, overrides, extra_fields=getattr(base_module(real.parent), "FIELDS", ()),
-                recipe=recipe, dataset=dataset)
+    return load(path, section, overrides, dataset=base_of(script).dataset)
 
 
 def convert(source: Path, out: Path, cfg: Config) -> list[str]:

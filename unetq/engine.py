@@ -1,16 +1,18 @@
-"""The training engine shared by every dataset: train (normal / retrain), evaluate (inference) and
-visualize, per docs/method.md sections 4-6.
+"""The pieces of an experiment that every dataset shares (docs/method.md sections 4-6): the learning-
+rate schedule, the loaders, the device and precision, one training step, the validation pass with
+its metrics, and the inference and visualize modes. The training loop itself is in each BASE script.
 
-One epoch e (1-based) trains with the learning rate of schedule index e - 1 (the scheduler steps at
-the END of an epoch), then validates in eval mode. The best checkpoint is kept on a strictly greater
-mean validation Dice (at the configured threshold); the final weights go to a separate ``last``.
+One epoch e (1-based) trains with the learning rate of schedule index e - 1 (a scheduler would step
+at the END of an epoch), then validates in eval mode; the session keeps the best checkpoint on a
+strictly greater mean validation Dice (at the configured threshold) and the last one beside it.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +21,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, figures, tensorboard_log
+from . import figures
 from .config import Config
-from .data import DataBundle
 from .distributed import SINGLE, EpochShuffle, Shard, World, gather
 from .losses import build_loss
 from .metrics import MetricAggregator, dice, hausdorff
-from .runlog import RunLog
 
 N_OVERLAYS = 4
 
@@ -63,8 +63,6 @@ def ternary_beta(cfg: Config, epoch: int) -> float:
 def _seed_worker(worker_id: int) -> None:
     """Seed numpy and python in DataLoader workers from torch's per-worker seed (itself derived from
     the run's seed), for any transform that draws from the global generators."""
-    import random
-
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -138,26 +136,6 @@ def compute_for(amp: str, device: torch.device) -> Compute:
     return Compute(device.type, dtype, scaler, torch.channels_last if fast_layout else torch.contiguous_format)
 
 
-@dataclass
-class Run:
-    """Everything a mode needs. ``net`` is what training calls (the DistributedDataParallel wrapper
-    under torchrun, else the model itself); evaluation and checkpoints use ``model``."""
-
-    cfg: Config
-    model: torch.nn.Module
-    device: torch.device
-    data: DataBundle | None
-    log: RunLog
-    compute: Compute = field(default_factory=Compute)
-    world: World = SINGLE
-    net: torch.nn.Module | None = None
-    best_copy: Path | None = None      # where best.pt is also written (trained_model in normal mode)
-
-    def __post_init__(self):
-        if self.net is None:
-            self.net = self.model
-
-
 def wrap_for_training(model: torch.nn.Module, world: World, device: torch.device, sync_bn: bool) -> torch.nn.Module:
     """The module training calls: under torchrun a DistributedDataParallel wrapper (with SyncBatchNorm
     when ``sync_bn``: batch statistics over the global batch instead of each rank's share)."""
@@ -171,8 +149,6 @@ def wrap_for_training(model: torch.nn.Module, world: World, device: torch.device
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -197,29 +173,6 @@ def train_step(model, x, y, loss_fn: Callable, optimizer, compute: Compute = Com
         loss.backward()
         optimizer.step()
     return loss.detach()
-
-
-def train_epoch(model, loader, loss_fn: Callable, optimizer, device, desc: str = "train",
-                compute: Compute | None = None, world: World = SINGLE) -> float:
-    """Train one epoch; returns the mean batch loss (averaged over the ranks). Non-finite losses are
-    detected without a host sync per batch: the per-batch values are checked once, at the end of the
-    epoch, after the ranks have summed them (so every rank sees a NaN of any rank and stops)."""
-    model.train()
-    compute = compute or Compute()
-    losses = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None if world.is_main else True, unit="batch"):
-        x = batch["image"].to(device, non_blocking=True, memory_format=compute.memory_format)
-        y = batch["mask"].to(device, non_blocking=True)
-        losses.append(train_step(model, x, y, loss_fn, optimizer, compute))
-    values = torch.stack(losses).float()
-    if world.active:
-        torch.distributed.all_reduce(values)
-        values /= world.size
-    values = values.cpu()
-    bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
-        raise TrainingError(f"non-finite training loss at batch {int(bad[0]) + 1} of {len(values)}")
-    return float(values.mean())
 
 
 @torch.inference_mode()
@@ -300,123 +253,47 @@ def overlay_indices(n: int) -> tuple[int, ...]:
 # Modes
 # --------------------------------------------------------------------------------------------
 
-METRIC_LINE = (("dice", "dice"), ("dice_05", "dice@0.5"), ("precision", "precision"), ("recall", "recall"),
-               ("specificity", "specificity"), ("iou", "iou"), ("accuracy", "accuracy"), ("rand_index", "rand"),
-               ("hd95", "hd95"))
+def format_metrics(m: dict, threshold: float = 0.5, unit: str = "") -> str:
+    """The metrics part of a console line: ``dice 85.12 | dice@0.5 88.10 | hd95 4.23 px``. Dice at 0.5 is
+    shown only beside another threshold; everything else is in metrics.csv."""
+    parts = [f"dice {m['dice']:.2f}"]
+    if threshold != 0.5 and "dice_05" in m:
+        parts.append(f"dice@0.5 {m['dice_05']:.2f}")
+    if "hd95" in m:
+        parts.append(distance_text(m, "hd95", "hd95", unit))
+    return " | ".join(parts)
 
 
-def format_metrics(m: dict) -> str:
-    """``dice 85.12 | dice@0.5 88.10 | ...`` (the paper-style part of a log line)."""
-    return " | ".join(distance_text(m, key, label) if key == "hd95" else f"{label} {m[key]:.2f}"
-                      for key, label in METRIC_LINE if key in m)
-
-
-def distance_text(m: dict, key: str, label: str) -> str:
+def distance_text(m: dict, key: str, label: str, unit: str = "") -> str:
     """A Hausdorff mean (hd, hd95) for the log. It is undefined on a slice where exactly one mask is
     empty, and its mean is over the other slices only: say how many it covers, and when that is fewer
     than half (e.g. a model that predicts nothing, where only the both-empty slices, each 0, remain)
     show no number that reads as a good score."""
     n, undefined = m.get("n_slices") or 0, m.get("n_hd_undefined") or 0
+    value = f"{m[key]:.2f}{' ' + unit if unit else ''}"
     if not undefined:
-        return f"{label} {m[key]:.2f}"
+        return f"{label} {value}"
     defined = n - undefined
     if 2 * defined < n:
-        return (f"{label} n/a (undefined on {undefined} of {n} slices, one mask empty; "
-                f"{m[key]:.2f} over the other {defined})")
-    return f"{label} {m[key]:.2f} (over {defined} of {n} slices; undefined on {undefined}, one mask empty)"
+        return f"{label} n/a ({defined} of {n} slices defined)"
+    return f"{label} {value} ({defined} of {n} slices)"
 
 
-def train(run: Run, start_epoch: int = 1, best: tuple[float, int] = (-math.inf, 0), optimizer=None,
-          history: list | None = None) -> dict:
-    """Train from ``start_epoch`` to ``cfg.num_epochs`` (normal, retrain and resume modes; resume
-    passes the restored optimizer, best score and earlier metric rows). Returns the best epoch."""
-    cfg, model, log, world = run.cfg, run.model, run.log, run.world
-    loss_fn = build_loss(cfg.loss, cfg.legacy_double_sigmoid)
-    optimizer = optimizer or torch.optim.Adam(run.net.parameters(), lr=cfg.lr)
-    train_loader = make_loader(run.data.train, cfg.batch_size, cfg, run.device, shuffle=True, world=world)
-    val_loader = make_loader(run.data.val, cfg.val_batch_size, cfg, run.device, shuffle=False, world=world)
-    keep = overlay_indices(len(run.data.val))
-    best_dice, best_epoch = best
-    history = list(history or [])
-    epochs = tqdm(range(start_epoch, cfg.num_epochs + 1), desc="epochs", disable=None if world.is_main else True,
-                  unit="epoch", initial=start_epoch - 1, total=cfg.num_epochs)
-    # TensorBoard (flushed every epoch, so an interrupted run keeps its events)
-    board = tensorboard_log.open_writer(cfg.tensorboard, log.folder, world.is_main, log.line, start_epoch)
-    for epoch in epochs:
-        started = time.perf_counter()
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if cfg.activation == "ternarytanh":
-            model.set_ternary_beta(ternary_beta(cfg, epoch))
-        for ds in (run.data.train, train_loader.sampler):
-            if hasattr(ds, "set_epoch"):
-                ds.set_epoch(epoch)
-        try:
-            train_loss = train_epoch(run.net, train_loader, loss_fn, optimizer, run.device, f"epoch {epoch}",
-                                     run.compute, world)
-        except TrainingError as err:
-            raise TrainingError(f"epoch {epoch}: {err}; the last good checkpoint is kept") from None
-        metrics, kept = evaluate(model, val_loader, cfg, run.device, loss_fn, keep, run.compute, world)
-        row = {"epoch": epoch, "time_s": time.perf_counter() - started, "lr": lr, "train_loss": train_loss,
-               **{k: v for k, v in metrics.items()}, "data_source": run.data.source}
-        history.append(row)
-        improved = metrics["dice"] > best_dice
-        if improved:
-            best_dice, best_epoch = metrics["dice"], epoch
-        # the row goes out before last.pt: an interrupt in between leaves a row that resume trims and
-        # redoes, never a checkpoint whose epoch has no row
-        log.line(f"epoch {epoch}/{cfg.num_epochs} | {row['time_s']:.1f} s | loss {train_loss:.4f} | "
-                 f"val loss {metrics['val_loss']:.4f} | {format_metrics(metrics)} | lr {lr:.2e} | "
-                 f"best {best_dice:.2f} (epoch {best_epoch})")
-        log.metrics_row(row)
-        board.epoch(row, model, epoch)
-        _save_epoch(run, epoch, metrics, best_dice, best_epoch, optimizer, improved)
-        log.update_summary(epochs_done=epoch, best_dice=best_dice, best_epoch=best_epoch, last=row)
-        if not world.is_main:
-            continue
-        figures.plot_curves(history, run.log.folder / "curves.png", title=cfg.experiment_name)
-        if epoch == cfg.num_epochs or (cfg.overlay_every and epoch % cfg.overlay_every == 0):
-            _overlays(run, kept, run.log.folder / "overlays" / f"epoch_{epoch:03d}.png", f"epoch {epoch}")
-            board.overlays(run.log.folder / "overlays" / f"epoch_{epoch:03d}.png", epoch)
-        epochs.set_postfix(dice=f"{metrics['dice']:.2f}", best=f"{best_dice:.2f}")
-    board.close()
-    return {"best_dice": best_dice, "best_epoch": best_epoch}
+def distance_unit(dataset) -> str:
+    """The unit of a dataset's Hausdorff distances: mm when every validation slice has a pixel spacing,
+    else px (they are then measured in pixels)."""
+    spacings = getattr(dataset, "spacings", None)
+    return "mm" if spacings is not None and len(spacings) and np.isfinite(spacings).all() else "px"
 
 
-def _save_epoch(run: Run, epoch: int, metrics: dict, best_dice: float, best_epoch: int, optimizer,
-                improved: bool) -> None:
-    """Write ``last.pt`` (resumable) every epoch and ``best.pt`` on improvement. Weights are checked
-    first: a model with non-finite weights never replaces a good checkpoint."""
-    bad = [n for n, p in run.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
-        raise TrainingError(f"epoch {epoch}: non-finite weights in {bad[0]}; the last good checkpoint is kept")
-    # contiguous (NCHW) tensors: a checkpoint does not depend on the memory format the run computed in
-    weights = run.model.state_dict()
-    for name, value in weights.items():
-        weights[name] = value.contiguous()
-    if not run.world.is_main:
-        return
-    base = {"model": weights, "config": run.cfg.to_dict(), "epoch": epoch,
-            "metrics": _plain(metrics), "best_dice": float(best_dice), "best_epoch": best_epoch,
-            "data_source": run.data.source}
-    if improved:
-        checkpoint.save(base, run.log.folder / "best.pt")
-        if run.best_copy is not None:
-            checkpoint.save(base, run.best_copy)
-    checkpoint.save({**base, "optimizer": optimizer.state_dict(), "rng": rng_state()},
-                    run.log.folder / "last.pt")
-
-
-def _plain(d: dict) -> dict:
+def plain(d: dict) -> dict:
+    """Metric values as plain Python floats (a checkpoint stores no numpy scalars)."""
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
 
 
 def rng_state() -> dict:
     """The random states a resumed run needs (torch CPU and CUDA, numpy's and python's global
     generators), as tensors and plain numbers so that ``weights_only`` loading accepts them."""
-    import random
-
     version, internal, gauss_next = random.getstate()
     state = {"torch": torch.get_rng_state(),
              "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
@@ -431,8 +308,6 @@ def rng_state() -> dict:
 
 def restore_rng(state: dict) -> None:
     """Inverse of :func:`rng_state` (missing parts are left alone)."""
-    import random
-
     if "python" in state:
         p = state["python"]
         random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
@@ -445,7 +320,8 @@ def restore_rng(state: dict) -> None:
         np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
 
 
-def _overlays(run: Run, kept: list, path: Path, label: str) -> None:
+def save_overlays(run, kept: list, path: Path, label: str) -> None:
+    """The kept validation slices (index, image, gt, prediction) of ``run`` drawn as overlays into ``path``."""
     kept = sorted(kept, key=lambda item: item[0])
     if not kept:
         return
@@ -455,7 +331,7 @@ def _overlays(run: Run, kept: list, path: Path, label: str) -> None:
                           titles=titles, suptitle=f"{run.cfg.experiment_name}: {label}, threshold {run.cfg.threshold}")
 
 
-def infer(run: Run) -> dict:
+def infer(run) -> dict:
     """Inference mode: one evaluation pass over the validation set in eval mode, no training;
     the metrics are logged, written (metrics.csv) and drawn as overlays."""
     cfg = run.cfg
@@ -465,16 +341,16 @@ def infer(run: Run) -> dict:
     metrics, kept = evaluate(run.model, loader, cfg, run.device, loss_fn, overlay_indices(len(run.data.val)),
                              run.compute, run.world)
     row = {"time_s": time.perf_counter() - started, **metrics, "data_source": run.data.source}
-    run.log.line(f"inference | {row['time_s']:.1f} s | {metrics['n_slices']} slices | val loss "
-                 f"{metrics['val_loss']:.4f} | {format_metrics(metrics)} | {distance_text(metrics, 'hd', 'hd')} | "
-                 f"dice (non-empty GT) {metrics['dice_nonempty']:.2f}")
+    unit = distance_unit(run.data.val)
+    run.log.line(f"inference | {row['time_s']:.1f} s | {metrics['n_slices']} slices | val loss {metrics['val_loss']:.4f} | "
+                 f"{format_metrics(metrics, cfg.threshold, unit)} | {distance_text(metrics, 'hd', 'hd', unit)}")
     run.log.metrics_row(row)
     if run.world.is_main:
-        _overlays(run, kept, run.log.folder / "overlays.png", "inference")
+        save_overlays(run, kept, run.log.folder / "overlays.png", "inference")
     return metrics
 
 
-def visualize(run: Run) -> list[Path]:
+def visualize(run) -> list[Path]:
     """Visualize mode: the distribution of every conv layer's weights, float and quantized."""
     paths = [run.log.folder / "weights.png", run.log.folder / "weights.pdf"]
     if not run.world.is_main:

@@ -101,7 +101,10 @@ class QuantConv2d(nn.Conv2d):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.quantized_weight(), self.bias, self.stride, self.padding)
+        # a training step quantizes the float weights afresh (autograd follows them); evaluation reuses
+        # the cached codes of quantized_weight
+        w = self.fmt.quantize_weight(self.weight) if torch.is_grad_enabled() else self.quantized_weight()
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", weights={self.fmt.describe()}"

@@ -1,5 +1,6 @@
-"""Create a new experiment folder from a BASE: symlinks to the BASE's scripts plus a config.yaml
-copied from the BASE's config with a few keys changed (comments are kept).
+"""Create a new experiment folder from a BASE: a link to the BASE's script plus a config.yaml copied
+from the BASE's config with a few keys changed (the edited keys lose their comments, which described
+the BASE's values; the other comments are kept).
 
     python -m unetq.newexp em/a5_0_w0_3 --base EM_BASE quantization=FIXED activation_i_width=5 \\
         activation_f_width=0 weight_i_width=0 weight_f_width=3
@@ -7,7 +8,7 @@ copied from the BASE's config with a few keys changed (comments are kept).
 The new config is validated before anything is written; an existing folder is never overwritten.
 ``experiment_name`` is set to the folder's name. ``--base`` is found relative to the current folder
 or to the repository; a BASE of another dataset than the destination's parent folder (em/, gm/, nih/)
-is refused. ``--relink`` repairs an existing folder instead: its links to the BASE's scripts are made
+is refused. ``--relink`` repairs an existing folder instead: its link to the BASE's script is made
 again for where the folder now lies (e.g. after ``cp -r`` one level deeper); config.yaml is kept.
 
     python -m unetq.newexp em/a4_0_w0_2/a6_0_w0_2 --base EM_BASE --relink
@@ -25,13 +26,13 @@ from typing import Mapping
 import yaml
 
 from .config import ConfigError, parse_overrides, validate
-from .paths import PROJECT_ROOT, base_module, base_of, broken_links
-from .sweep import script_recipe
+from .paths import PROJECT_ROOT, base_of, broken_links
 
 
 def edit_yaml_text(text: str, edits: Mapping[str, object], section: str = "UNET") -> str:
-    """Set ``key: value`` lines of ``section`` in YAML text, keeping comments and order; keys not
-    present are appended to the section."""
+    """Set ``key: value`` lines of ``section`` in YAML text, keeping the order and the comments of the
+    other lines; keys not present are appended to the section. An edited key loses its comment: it
+    described the BASE's value, and a comment that contradicts its value misleads."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.rstrip() == f"{section}:"), None)
     if start is None:
@@ -44,12 +45,7 @@ def edit_yaml_text(text: str, edits: Mapping[str, object], section: str = "UNET"
         for i in range(start + 1, end):
             match = pattern.match(lines[i])
             if match:
-                head = f"{match.group(1)}{key}: {rendered}"
-                comment = (match.group(3) or "").lstrip()
-                if comment:      # keep the comment in its column (at least one space after the value)
-                    column = len(lines[i]) - len(comment)
-                    head = head.ljust(column - 1) + " "
-                lines[i] = head + comment
+                lines[i] = f"{match.group(1)}{key}: {rendered}"
                 break
         else:
             lines.insert(end, f"  {key}: {rendered}")
@@ -81,9 +77,9 @@ def base_script(base: Path) -> Path | None:
 
 
 def base_dataset(base: Path) -> str | None:
-    """The dataset a BASE's script trains (the first argument of its ``run_script`` call)."""
-    script = base_script(base)
-    return script_recipe(script)[0] if script else None
+    """The dataset a BASE trains (unetq.paths.BASES), None when ``base`` is not a BASE."""
+    found = base_of(base)
+    return found.dataset if found else None
 
 
 def check_parent(dest: Path, base: Path) -> None:
@@ -108,9 +104,7 @@ def create(dest: Path, base: Path, edits: Mapping[str, object], section: str = "
     edits = {**edits, "experiment_name": dest.name}
     text = edit_yaml_text((base / "config.yaml").read_text(encoding="utf-8"), edits, section)
     raw = yaml.safe_load(text)[section]
-    dataset, recipe = script_recipe(base_script(base))
-    validate(raw, source=dest / "config.yaml", section=section, recipe=recipe,
-             extra_fields=getattr(base_module(base), "FIELDS", ()), dataset=dataset)
+    validate(raw, source=dest / "config.yaml", section=section, dataset=base_dataset(base))
     dest.mkdir(parents=True)
     link_scripts(dest, base)
     (dest / "config.yaml").write_text(text, encoding="utf-8")

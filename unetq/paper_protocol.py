@@ -46,8 +46,8 @@ from .config import ConfigError, parse_overrides
 from .losses import build_loss
 from .models import build_model, model_options
 from .paths import PROJECT_ROOT, shared_data_dir
-from .sweep import (Job, Outcome, check_distinct, find_experiments, make_job, plan, report_stop, run_all,
-                    shell_line)
+from .sweep import Job, check_distinct, find_experiments, make_job, plan
+from .sweep_runner import Outcome, report_stop, run_all, shell_line
 
 EM_ROWS = ("full_precision", "a6_0_w0_4", "a6_0_w0_4_saturating", "a6_0_w0_4_paper", "a8_8_w8_8", "a8_0_w0_8",
            "a6_0_w0_2", "a4_0_w0_2", "BNN", "Ternary")

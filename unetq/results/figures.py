@@ -15,7 +15,7 @@ from ..data import DataError
 from ..engine import overlay_indices
 from ..figures import overlay_rgb, panel_grid, plt, save_figure
 from ..models import build_model
-from ..paths import BASES, PROJECT_ROOT, base_module
+from ..paths import BASES, base_module
 from ..runlog import CONFIG_NAME
 from .runs import NOT_PAPER, ResultsError, options_of, read_run, setting_label
 
