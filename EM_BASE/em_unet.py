@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         model = build_model(cfg)
         run.load_weights(model)                         # retrain / inference / visualize / resume
         mode = cfg.operation_mode
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if mode in ("normal", "retrain", "resume") else None
+        trains = mode in ("normal", "retrain", "resume")
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if trains else None
         data = None if mode == "visualize" else em_data.build_datasets(cfg)
         run.start(data, optimizer)                      # from here on the run writes into its folder
         if mode == "visualize":
