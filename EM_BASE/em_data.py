@@ -1,9 +1,10 @@
 """EM data: the ISBI 2012 neuronal-membrane stack (electron microscopy), its readers, the paper's
-geometry, the split by section and a synthetic phantom.
+geometry, the split by section, and the training / validation sets of every source.
 
 Sources (config key ``data_source``):
-    phantom  ``make_phantom``: EM-like Voronoi cells, deterministic from ``seed`` (no data needed)
-    sample   the real ISBI training set in ``../shared/data/isbi2012`` (developers' machines only)
+    phantom  ``em_phantom.make_phantom`` (em_phantom.py beside this file): EM-like Voronoi cells,
+             deterministic from ``seed`` (no data needed)
+    sample   the ISBI training set bundled in ``../shared/data/isbi2012`` (developers' machines only)
     real     ``data_path``: the raw ISBI data (``train-volume.tif`` + ``train-labels.tif``, or per-slice
              PNG folders ``image/`` + ``label/``), or the original script's preprocessed layout
              (``data/``, ``mask/``, ``val_img/``, ``val_mask/``; see pre-processing/em_isbi.py)
@@ -23,17 +24,17 @@ tools use unetq.paths.base_module).
 from __future__ import annotations
 
 import csv
-import os
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from unetq.config import Field
-from unetq.data import DataBundle, DataError, SliceDataset, binary_mask, center_crop, read_gray, resize
-from unetq.paths import PROJECT_ROOT, shared_data_dir
+from unetq.data import DataBundle, DataError, SliceDataset, binary_mask, center_crop, read_gray, resize, shown_path
+from unetq.paths import shared_data_dir
+
+import em_phantom   # beside this file: its folder is on sys.path (unetq.paths.base_module)
 
 FIELDS: tuple[Field, ...] = (
     Field("foreground", "choice", "cell",
@@ -49,102 +50,6 @@ RESIZED = (256, 256)      # the paper halves the 512x512 sections ...
 CROP = (200, 200)         # ... and keeps the centre 200x200 (box 28..228)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 PREPROCESSED_DIRS = ("data", "mask", "val_img", "val_mask")
-
-
-# --------------------------------------------------------------------------- phantom
-
-def _smooth_field(rng: np.random.Generator, shape: tuple, sigma: float) -> np.ndarray:
-    """Smooth random field with zero mean and unit standard deviation (correlation length ~sigma).
-
-    Wide fields are drawn on a coarse grid and upsampled: filtering full-size noise with a large
-    sigma dominated the phantom's run time.
-    """
-    step = max(1, int(sigma // 2))
-    coarse = [-(-n // step) + 1 for n in shape] if step > 1 else list(shape)
-    field = ndimage.gaussian_filter(rng.standard_normal(coarse), sigma / step, mode="wrap")
-    if step > 1:
-        field = ndimage.zoom(field, step, order=1)[: shape[0], : shape[1]]
-    return (field - field.mean()) / (field.std() + 1e-12)
-
-
-def _spaced_points(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
-    """About ``count`` random points [k,2] kept apart by a random minimum distance each, so the
-    tessellation mixes large and small cells without the slivers of fully random seeds."""
-    candidates = rng.uniform(0, size, size=(3 * count, 2))
-    spacing = rng.uniform(0.35, 1.0, size=3 * count) * size / np.sqrt(count)
-    kept = [candidates[0]]
-    for point, gap in zip(candidates[1:], spacing[1:]):
-        if len(kept) >= count:
-            break
-        if np.min(np.hypot(*(np.asarray(kept) - point).T)) >= gap:
-            kept.append(point)
-    return np.asarray(kept)
-
-
-def _voronoi_cells(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Cell id per pixel: nearest seed point, on a smoothly warped grid so that the borders curve
-    like neurite outlines instead of being straight Voronoi edges."""
-    points = _spaced_points(rng, size, max(2, int(rng.integers(50, 80) * (size / 200.0) ** 2)))
-    seeds = np.ones((size, size), dtype=bool)
-    seeds[points[:, 0].astype(int), points[:, 1].astype(int)] = False
-    _, (rows, cols) = ndimage.distance_transform_edt(seeds, return_indices=True)
-    cells = rows * size + cols
-    # displacement ~3 px over ~20 px: curved borders without folding the cells over each other
-    warp = [_smooth_field(rng, (size, size), size / 10.0) * size / 70.0 for _ in range(2)]
-    grid = np.mgrid[0:size, 0:size].astype(np.float64)
-    return ndimage.map_coordinates(cells, [grid[0] + warp[0], grid[1] + warp[1]], order=0, mode="nearest")
-
-
-def _membranes(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
-    """Membrane mask: the cell borders widened by a thickness that varies smoothly in space, then
-    smoothed so that junctions of three cells swell as they do in EM."""
-    border = np.zeros(cells.shape, dtype=bool)
-    border[:-1] |= cells[:-1] != cells[1:]
-    border[:, :-1] |= cells[:, :-1] != cells[:, 1:]
-    distance = ndimage.distance_transform_edt(~border)
-    thickness = 1.4 + 0.5 * _smooth_field(rng, cells.shape, cells.shape[0] / 10.0)
-    membrane = distance < np.clip(thickness, 1.0, 3.0)
-    # the border itself stays membrane: smoothing alone would open gaps in the thinnest stretches
-    return (ndimage.gaussian_filter(membrane.astype(np.float32), 1.0) > 0.4) | border
-
-
-def _organelles(rng: np.random.Generator, inside: np.ndarray) -> np.ndarray:
-    """Soft dark blobs (mitochondria) inside cells, weight in [0, 1]; the label stays 'cell'."""
-    size = inside.shape[0]
-    n_blobs = int(rng.integers(10, 25) * (size / 200.0) ** 2) + 1
-    centres = np.ones(inside.shape, dtype=bool)
-    centres[rng.integers(0, size, n_blobs), rng.integers(0, size, n_blobs)] = False
-    distance, (rows, cols) = ndimage.distance_transform_edt(centres, return_indices=True)
-    radius = rng.uniform(2.0, 6.0, size=inside.shape)[rows, cols]   # one radius per blob (at its centre)
-    return np.clip(radius - distance, 0.0, 1.0) * inside
-
-
-def _phantom_section(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One EM-like section: (image float32 [size,size] in [0,1], label uint8, 1 = cell interior)."""
-    cells = _voronoi_cells(rng, size)
-    membrane = _membranes(rng, cells)
-    cell_tone = rng.uniform(0.45, 0.7, size=cells.max() + 1)[cells]   # each cell its own grey
-    vesicles = _smooth_field(rng, membrane.shape, 1.0) > 1.5            # small round granules
-    image = cell_tone + 0.04 * _smooth_field(rng, membrane.shape, 2.0) - 0.15 * vesicles
-    image -= 0.3 * _organelles(rng, ~membrane)
-    image = np.where(membrane, rng.uniform(0.12, 0.25), image)
-    image = ndimage.gaussian_filter(image, rng.uniform(0.7, 1.2))      # microscope blur
-    image += 0.05 * rng.standard_normal(image.shape)                   # shot noise
-    return np.clip(image, 0.0, 1.0).astype(np.float32), (~membrane).astype(np.uint8)
-
-
-def make_phantom(n: int, size: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` synthetic EM sections of ``size`` x ``size``, deterministic from ``seed``.
-
-    Returns (images float32 [n,size,size] in [0,1], labels uint8 [n,size,size], 1 = cell interior).
-    Cells are a warped random Voronoi tessellation with dark membranes of varying thickness along
-    the borders, dark organelles inside, blur and noise; ~75-80 % of the pixels are cell, as in ISBI.
-    Section i depends only on (seed, i), so the first sections do not change when n grows.
-    """
-    if n < 1 or size < 8:
-        raise DataError(f"phantom: need n >= 1 and size >= 8, got n={n}, size={size}")
-    pairs = [_phantom_section(np.random.default_rng([seed, i]), size) for i in range(n)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 # --------------------------------------------------------------------------- raw ISBI reading
@@ -394,14 +299,6 @@ def split_sections(n: int, val_sections: int) -> tuple[list[int], list[int]]:
 
 # --------------------------------------------------------------------------- build_datasets
 
-def _shown(path: Path) -> str:
-    """A path as a reader sees it: relative to the project root when it sits beside it."""
-    try:
-        return os.path.join("..", str(Path(path).resolve().relative_to(PROJECT_ROOT.parent)))
-    except ValueError:
-        return str(path)
-
-
 def _span(indices: list[int]) -> str:
     """[25, 26, 27] -> "25-27" (for descriptions)."""
     return f"{indices[0]}-{indices[-1]}" if len(indices) > 1 else str(indices[0])
@@ -422,7 +319,7 @@ def _load_raw(cfg, root: Path) -> tuple:
     n, shape = len(images), images.shape[1:]
     train_idx, val_idx = split_sections(n, cfg.val_sections)
     images, labels = paper_geometry(images, labels)
-    text = (f"ISBI 2012 ({_shown(root)}): {n} sections {shape[0]}->{RESIZED[0]}->crop {CROP[0]}, "
+    text = (f"ISBI 2012 ({shown_path(root)}): {n} sections {shape[0]}->{RESIZED[0]}->crop {CROP[0]}, "
             f"train {_span(train_idx)} / val {_span(val_idx)}")
     pick = lambda idx: (images[idx], labels[idx], [names[i] for i in idx])  # noqa: E731
     return pick(train_idx), pick(val_idx), text, []
@@ -434,7 +331,7 @@ def _load_preprocessed(cfg, root: Path) -> tuple:
     stored = stored_foreground(root)
     if stored != "cell":  # bring masks back to the cell convention; foreground is applied later
         data["train_masks"], data["val_masks"] = 1 - data["train_masks"], 1 - data["val_masks"]
-    text = (f"ISBI 2012 preprocessed ({_shown(root)}): {len(data['train_images'])} train / "
+    text = (f"ISBI 2012 preprocessed ({shown_path(root)}): {len(data['train_images'])} train / "
             f"{len(data['val_images'])} val images as stored (data/, val_img/)")
     notes = ["val_sections is not used: the preprocessed folders carry their own split"]
     return ((data["train_images"], data["train_masks"], data["train_names"]),
@@ -442,8 +339,8 @@ def _load_preprocessed(cfg, root: Path) -> tuple:
 
 
 def _load_phantom(cfg) -> tuple:
-    """The phantom, split like the real stack."""
-    images, labels = make_phantom(cfg.phantom_images, seed=cfg.seed)
+    """The phantom, split like the ISBI stack."""
+    images, labels = em_phantom.make_phantom(cfg.phantom_images, seed=cfg.seed)
     train_idx, val_idx = split_sections(len(images), cfg.val_sections)
     names = [str(i) for i in range(len(images))]
     text = (f"EM phantom (seed {cfg.seed}): {len(images)} synthetic sections {CROP[0]}x{CROP[1]}, "

@@ -42,10 +42,11 @@ from unetq.data import DataError, require_empty_folder
 from unetq.paths import base_module
 
 
-def load_pipeline():
-    """NIH_BASE/nih_pancreas_ct.py (unetq.paths.base_module), so that this script
-    reads, checks, crops and splits exactly as training does."""
-    return base_module("NIH_BASE", "nih_pancreas_ct")
+def load_pipeline() -> tuple:
+    """The NIH_BASE modules training runs on raw data (unetq.paths.base_module): nih_patients.py (find
+    and split), nih_prepare.py (read, check, window, crop) and nih_layout.py (the folder written), so
+    that this script prepares exactly what training computes."""
+    return tuple(base_module("NIH_BASE", name) for name in ("nih_patients", "nih_prepare", "nih_layout"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,24 +73,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_folder(pct, args) -> object:
+def prepare_folder(args) -> object:
     """Find, split and process every case into a temporary folder beside OUT, then move it into
     place; on failure the temporary folder is removed (nothing written). Returns the Report."""
     from tqdm import tqdm
 
-    opts = pct.Options(label_value=args.label_value, hu_window=tuple(args.hu_window),
+    patients, pipeline, layout = load_pipeline()
+    opts = pipeline.Options(label_value=args.label_value, hu_window=tuple(args.hu_window),
                        intensity="legacy_clip" if args.legacy_intensity else "window", crop=tuple(args.crop),
                        spacing_mm=args.spacing_mm, val_crop=args.val_crop)
     opts.check()
-    cases, problems, excluded = pct.find_cases(args.src, args.labels, pct.parse_exclude(args.exclude))
-    train, val = pct.split_patients(cases, args.val_fraction)
+    cases, problems, excluded = patients.find_cases(args.src, args.labels, patients.parse_exclude(args.exclude))
+    train, val = patients.split_patients(cases, args.val_fraction)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.partial-", dir=args.out.parent))
     try:
-        sink = pct.FolderSink(temp)
+        sink = layout.FolderSink(temp)
         with tqdm(total=len(train) + len(val), desc="patients", unit="patient", file=sys.stderr,
                   disable=None) as bar:
-            report = pct.prepare(train, val, opts, sink, problems, progress=lambda _: bar.update())
+            report = pipeline.prepare(train, val, opts, sink, problems, progress=lambda _: bar.update())
         sink.finish(opts, report, {"source": str(args.src), "labels": str(args.labels or args.src),
                                    "excluded": excluded, "val_fraction": args.val_fraction})
         if args.out.is_dir():
@@ -104,10 +106,9 @@ def prepare_folder(pct, args) -> object:
 def main(argv=None) -> int:
     """Entry point: returns the exit status (0, or 2 with a one-line message on bad input)."""
     args = parse_args(argv)
-    pct = load_pipeline()
     try:
         require_empty_folder(args.out)
-        report = prepare_folder(pct, args)
+        report = prepare_folder(args)
     except (DataError, OSError) as err:
         print(f"nih_pancreas.py: error: {err}", file=sys.stderr)
         return 2

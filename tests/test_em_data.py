@@ -1,5 +1,5 @@
-"""Tests of EM_BASE/em_data.py (readers, geometry, split, phantom, build_datasets) and of
-pre-processing/em_isbi.py; the real ISBI sample is used when present and skipped otherwise."""
+"""Tests of EM_BASE/em_data.py (readers, geometry, split, build_datasets), EM_BASE/em_phantom.py and
+pre-processing/em_isbi.py; the bundled ISBI sample is used when present and skipped otherwise."""
 
 import csv
 import importlib.util
@@ -16,6 +16,7 @@ from unetq.data import DataBundle, SliceDataset, center_crop, resize
 from unetq.paths import PROJECT_ROOT
 
 em = base_module("EM_BASE")
+em_phantom = base_module("EM_BASE", "em_phantom")
 SCRIPT = PROJECT_ROOT / "pre-processing" / "em_isbi.py"
 
 
@@ -51,18 +52,18 @@ def write_tiff(path, stack):
 # --------------------------------------------------------------------------- phantom
 
 def test_phantom_deterministic_and_seeded():
-    a_img, a_lab = em.make_phantom(4, seed=3)
-    b_img, b_lab = em.make_phantom(4, seed=3)
-    c_img, c_lab = em.make_phantom(4, seed=4)
+    a_img, a_lab = em_phantom.make_phantom(4, seed=3)
+    b_img, b_lab = em_phantom.make_phantom(4, seed=3)
+    c_img, c_lab = em_phantom.make_phantom(4, seed=4)
     assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
     assert not np.array_equal(a_img, c_img) and not np.array_equal(a_lab, c_lab)
     # section i depends on (seed, i) only: growing n keeps the first sections
-    more_img, _ = em.make_phantom(6, seed=3)
+    more_img, _ = em_phantom.make_phantom(6, seed=3)
     assert np.array_equal(more_img[:4], a_img)
 
 
 def test_phantom_shape_range_and_cell_fraction():
-    images, labels = em.make_phantom(10, seed=0)
+    images, labels = em_phantom.make_phantom(10, seed=0)
     assert images.shape == labels.shape == (10, 200, 200)
     assert images.dtype == np.float32 and labels.dtype == np.uint8
     assert images.min() >= 0.0 and images.max() <= 1.0
@@ -73,7 +74,7 @@ def test_phantom_shape_range_and_cell_fraction():
 
 
 def test_phantom_other_size():
-    images, labels = em.make_phantom(2, size=96, seed=1)
+    images, labels = em_phantom.make_phantom(2, size=96, seed=1)
     assert images.shape == labels.shape == (2, 96, 96)
 
 
@@ -254,7 +255,7 @@ def test_build_phantom():
     item = bundle.train[0]
     assert item["image"].shape == item["mask"].shape == (1, 200, 200)
     assert "train 0-5 / val 6-7" in bundle.description and "foreground=cell" in bundle.description
-    images, labels = em.make_phantom(8, seed=1)
+    images, labels = em_phantom.make_phantom(8, seed=1)
     assert np.array_equal(bundle.val.masks, labels[6:])
     membrane = em.build_datasets(make_cfg(phantom_images=8, val_sections=2, seed=1, foreground="membrane"))
     assert np.array_equal(membrane.val.masks, 1 - labels[6:])

@@ -27,7 +27,7 @@ EM_SCRIPT = base_module("EM_BASE", "em_unet")
 
 EM = base_module("EM_BASE")
 GM = base_module("GM_BASE")
-PANCREAS = base_module("NIH_BASE", "nih_pancreas_ct")
+NIH_LAYOUT = base_module("NIH_BASE", "nih_layout")
 TINY = {"dataset": "em", "num_epochs": 2, "base_width": 4, "phantom_images": 4, "val_sections": 2,
         "batch_size": 2, "val_batch_size": 2, "overlay_every": 0, "experiment_name": "r",
         "lr_schedule": "constant", "loss": "bce_dice"}
@@ -359,8 +359,8 @@ def test_nih_prepared_masks_follow_the_one_rule(tmp_path):
     for image_dir, mask_dir, mask in (("data", "mask", square * 255), ("val_img", "val_mask", square)):
         Image.fromarray((square * 200).astype(np.uint8)).save(tmp_path / image_dir / "s1.png")
         Image.fromarray(mask).save(tmp_path / mask_dir / "s1.png")
-    out = PANCREAS.read_prepared(tmp_path)
+    out = NIH_LAYOUT.read_prepared(tmp_path)
     assert out["train"][1].sum() == out["val"][1].sum() == 64                     # 0/1 validation: not empty
     Image.fromarray(square * 7).save(tmp_path / "val_mask" / "s1.png")
     with pytest.raises(DataError, match="val_mask/s1.png: a mask must hold 0/255 or 0/1 only"):
-        PANCREAS.read_prepared(tmp_path)
+        NIH_LAYOUT.read_prepared(tmp_path)

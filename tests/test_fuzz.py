@@ -145,6 +145,7 @@ def test_malformed_data_files(tmp_path, capsys, corrupt):
 # ---------------------------------------------------------------- GM and NIH volumes (NIfTI)
 
 GM = base_module("GM_BASE")
+GM_PHANTOM = base_module("GM_BASE", "gm_phantom")
 NIH = base_module("NIH_BASE")
 
 
@@ -187,7 +188,7 @@ def gm_shape_mismatch(root):
                                      gm_mask_without_image, gm_shape_mismatch])
 def test_malformed_gm_volumes(tmp_path, capsys, corrupt):
     data = tmp_path.parent / f"{tmp_path.name}_gm"
-    GM.write_phantom(data, seed=0, subjects=10, slices=2, sites=[1])
+    GM_PHANTOM.write_phantom(data, seed=0, subjects=10, slices=2, sites=[1])
     corrupt(data)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"UNET": {"dataset": "gm", "num_epochs": 1, "base_width": 4, "sites": "1",

@@ -1,7 +1,10 @@
-"""GM_BASE/gm_data.py: the challenge NIfTI reader (names, rater pairing, split, slice filter, spacing),
-its error messages, the phantom and the real SCT sample (skipped when absent)."""
+"""GM_BASE: the challenge NIfTI reader of gm_nifti.py (names, rater pairing), gm_data.py (split, slice
+filter, spacing), their error messages, the phantom of gm_phantom.py and the bundled SCT sample
+(skipped when absent)."""
 
 import gzip
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -11,8 +14,11 @@ from scipy import ndimage
 from unetq.paths import base_module
 from unetq.config import ConfigError, validate
 from unetq.data import DataError
+from unetq.paths import PROJECT_ROOT
 
 gm = base_module("GM_BASE")
+gm_nifti = base_module("GM_BASE", "gm_nifti")
+gm_phantom = base_module("GM_BASE", "gm_phantom")
 
 TINY = {"sites": "1,3", "phantom_subjects": 3, "phantom_slices": 3, "train_subjects": "1-2", "val_subjects": "3",
         "crop_size": 64, "resample_mm": 0}
@@ -52,11 +58,12 @@ def challenge_folder(root, sites=(1,), subjects=range(1, 4), raters=(1, 2), shap
 # --------------------------------------------------------------------------- ids and keys
 
 def test_ids_parse_and_format():
-    assert gm.parse_ids("1-3, 5") == [1, 2, 3, 5] and gm.parse_ids(7) == [7] and gm.parse_ids([10, 9]) == [9, 10]
-    assert gm.format_ids([5, 1, 2, 3, 9, 10]) == "1-3,5,9-10"
+    assert gm_nifti.parse_ids("1-3, 5") == [1, 2, 3, 5] and gm_nifti.parse_ids(7) == [7]
+    assert gm_nifti.parse_ids([10, 9]) == [9, 10]
+    assert gm_nifti.format_ids([5, 1, 2, 3, 9, 10]) == "1-3,5,9-10"
     for bad in ("0", "3-1", "a", "", "1-100"):
         with pytest.raises(ValueError):
-            gm.parse_ids(bad)
+            gm_nifti.parse_ids(bad)
 
 
 def test_fields_in_config_defaults_and_errors():
@@ -73,24 +80,33 @@ def test_fields_in_config_defaults_and_errors():
 # --------------------------------------------------------------------------- phantom
 
 def test_phantom_files_names_geometry_and_determinism(tmp_path):
-    paths = gm.write_phantom(tmp_path / "a", seed=1, subjects=2, slices=3, sites=[1, 4])
+    paths = gm_phantom.write_phantom(tmp_path / "a", seed=1, subjects=2, slices=3, sites=[1, 4])
     names = sorted(p.name for p in paths)
     expected = sorted([f"site{s}-sc{x:02d}-image.nii.gz" for s in (1, 4) for x in (1, 2, 3)]
                       + [f"site{s}-sc{x:02d}-mask-r{r}.nii.gz" for s in (1, 4) for x in (1, 2) for r in range(1, 5)])
     assert names == expected                                        # sc03: an unlabeled "test" image
     for site in (1, 4):
         img = nib.load(str(tmp_path / "a" / f"site{site}-sc01-image.nii.gz"))
-        spacing, thickness, shape = gm.PHANTOM_SITES[site]
+        spacing, thickness, shape = gm_phantom.PHANTOM_SITES[site]
         assert img.shape == (*shape, 3) and np.allclose(img.header.get_zooms(), (spacing, spacing, thickness))
-    again = gm.write_phantom(tmp_path / "b", seed=1, subjects=2, slices=3, sites=[1, 4])
-    other = gm.write_phantom(tmp_path / "c", seed=2, subjects=2, slices=3, sites=[1, 4])
+    again = gm_phantom.write_phantom(tmp_path / "b", seed=1, subjects=2, slices=3, sites=[1, 4])
+    other = gm_phantom.write_phantom(tmp_path / "c", seed=2, subjects=2, slices=3, sites=[1, 4])
     read = lambda p: np.asanyarray(nib.load(str(p)).dataobj)  # noqa: E731
     assert all(np.array_equal(read(p), read(q)) for p, q in zip(paths, again))
     assert not np.array_equal(read(paths[0]), read(other[0]))
 
 
+def test_phantom_command_line_usage_and_files(tmp_path):
+    """``python gm_phantom.py DIR [SEED]`` runs as a script (its folder on sys.path finds gm_nifti)."""
+    script = [sys.executable, str(PROJECT_ROOT / "GM_BASE" / "gm_phantom.py")]
+    bad = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage: python gm_phantom.py DIR [SEED]" in bad.stderr
+    assert gm_phantom.main([str(tmp_path / "p"), "3", "extra"]) == 2      # one argument too many
+    assert not (tmp_path / "p").exists()
+
+
 def test_phantom_anatomy_and_raters():
-    subj = gm.phantom_subject(seed=0, site=3, subject=1, n_slices=4)
+    subj = gm_phantom.phantom_subject(seed=0, site=3, subject=1, n_slices=4)
     image, masks = subj["image"].astype(float), subj["masks"]
     assert set(masks) == {1, 2, 3, 4} and all(not m[:, :, 0].any() for m in masks.values())  # slice 0 unannotated
     gm1 = masks[1][:, :, 2] == 1
@@ -104,7 +120,7 @@ def test_phantom_anatomy_and_raters():
         other = masks[r][:, :, 2] == 1
         dice = 2 * (gm1 & other).sum() / (gm1.sum() + other.sum())
         assert 0.7 < dice < 1.0
-    wm = gm.phantom_subject(seed=0, site=4, subject=1, n_slices=3)["masks"][1]
+    wm = gm_phantom.phantom_subject(seed=0, site=4, subject=1, n_slices=3)["masks"][1]
     assert set(np.unique(wm)) == {0, 1, 2}                          # site 4 also marks white matter
 
 
@@ -310,7 +326,7 @@ def test_build_sample(shared_data):
     assert "NOT the paper's protocol: split by slice" in bundle.description
     assert "mask values found: 0, 1; target = gray matter (mask == 1)" in bundle.notes
     # the cord sits near the centre of the scan: the whole GM survives the 0.25 mm, 200 px crop
-    full = np.asanyarray(nib.load(str(shared_data / "scgm_sct_t2s" / gm.SAMPLE_FILES[1])).dataobj)
+    full = np.asanyarray(nib.load(str(shared_data / "scgm_sct_t2s" / gm_nifti.SAMPLE_FILES[1])).dataobj)
     kept_mm2 = sum(m.sum() for m in bundle.val.masks) * 0.25 ** 2
     assert kept_mm2 == pytest.approx((full[:, :, 8:] == 1).sum() * 0.5 ** 2, rel=0.05)
 

@@ -20,6 +20,7 @@ from unetq.paths import PROJECT_ROOT, base_module
 GM_SCRIPT = base_module("GM_BASE", "gmchallenge_unet")
 
 GM = base_module("GM_BASE")
+GM_PHANTOM = base_module("GM_BASE", "gm_phantom")
 TINY = {"dataset": "gm", "num_epochs": 1, "base_width": 4, "sites": "1", "phantom_subjects": 3, "phantom_slices": 3,
         "train_subjects": "1-2", "val_subjects": "3", "crop_size": 64, "rater_mode": "majority",
         "batch_size": 4, "val_batch_size": 4, "threshold": 0.5, "overlay_every": 0, "experiment_name": "tiny"}
@@ -134,7 +135,7 @@ def test_hausdorff_comes_out_in_mm():
 
 def test_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys):
     root = tmp_path / "data"
-    GM.write_phantom(root, subjects=3, slices=3, sites=[1])
+    GM_PHANTOM.write_phantom(root, subjects=3, slices=3, sites=[1])
     path = root / "site1-sc02-image.nii.gz"
     path.write_bytes(path.read_bytes()[:300])
     section = {**TINY, "data_source": "real", "data_path": str(root)}

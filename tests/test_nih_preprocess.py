@@ -20,7 +20,10 @@ from unetq.paths import PROJECT_ROOT
 NIH_SCRIPT = base_module("NIH_BASE", "nih_unet")
 
 nih = base_module("NIH_BASE")
-pct = nih.pct
+nih_scans = base_module("NIH_BASE", "nih_scans")
+nih_patients = base_module("NIH_BASE", "nih_patients")
+nih_prepare = base_module("NIH_BASE", "nih_prepare")
+nih_layout = base_module("NIH_BASE", "nih_layout")
 SCRIPT = PROJECT_ROOT / "pre-processing" / "nih_pancreas.py"
 CROP = ("--crop", "16", "24")
 
@@ -80,11 +83,11 @@ def test_script_batch_with_bad_cases(tmp_path):
     info = json.loads((out / "preprocessing.json").read_text())
     assert len(info["skipped"]) == 3 and info["excluded"] == [] and len(info["body_prior"]) == 2
     # what training reads back equals the in-memory pipeline on the same cases
-    cases, problems, _ = pct.find_cases(images, labels)
-    train, val = pct.split_patients(cases, 0.3)
-    direct = pct.Collector()
-    pct.prepare(train, val, pct.Options(crop=(16, 24)), direct, problems)
-    stored = pct.read_prepared(out)
+    cases, problems, _ = nih_patients.find_cases(images, labels)
+    train, val = nih_patients.split_patients(cases, 0.3)
+    direct = nih_prepare.Collector()
+    nih_prepare.prepare(train, val, nih_prepare.Options(crop=(16, 24)), direct, problems)
+    stored = nih_layout.read_prepared(out)
     for split in ("train", "val"):
         images_d, masks_d, names_d, spacings_d = direct.arrays(split)
         images_s, masks_s, names_s, spacings_s = stored[split]
@@ -104,14 +107,14 @@ def test_script_batch_survives_malformed_headers_and_surprises(tmp_path, capsys,
     anticipated (a reader bug, simulated) each skip their patient; the batch goes on."""
     images, labels = raw_batch(tmp_path)
     edit_dicom(images / "PANCREAS_0001" / "series" / "IM0003.dcm", PixelSpacing=[0.75])
-    read_nifti = pct.read_nifti
+    read_nifti = nih_scans.read_nifti
 
     def buggy(path, label=False):
         if path.name == "image0005.nii.gz":
             raise IndexError("index 3 is out of bounds for axis 0 with size 3")
         return read_nifti(path, label)
 
-    monkeypatch.setattr(pct, "read_nifti", buggy)                     # the module the script loads
+    monkeypatch.setattr(nih_scans, "read_nifti", buggy)               # the module the script loads
     out = tmp_path / "out"
     assert script_main(images, out, "--labels", labels, *CROP, "--val-fraction", "0.3") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -137,7 +140,7 @@ def test_script_writes_nothing_when_nothing_usable(tmp_path, capsys):
     assert script_main(tmp_path / "absent", out) == 2
     assert "absent: no such folder" in capsys.readouterr().err
     assert script_main(images, out, "--labels", labels, "--crop", "20", "24") == 2
-    assert "multiples of 8" in capsys.readouterr().err
+    assert "crop height: 20 is not allowed; allowed: a multiple of 8, at least 8" in capsys.readouterr().err
 
 
 def readme_recipe() -> str:
@@ -163,7 +166,7 @@ def test_readme_recipe_for_the_real_sample(tmp_path, shared_data):
                                             f"0 case(s) skipped to {out}")
     sample = shared_data / "pancreas_ct_totalseg"
     assert (src / "label0002.nii.gz").resolve() == (sample / "example_seg.nii.gz").resolve()
-    data = pct.read_prepared(out)
+    data = nih_layout.read_prepared(out)
     assert len(data["train"][2]) == len(data["val"][2]) == 18              # z 2-19 hold pancreas
     assert data["train"][0].shape[1:] == (112, 176) and np.allclose(data["val"][3], 1.0)
     # the same scan: the label-free crop lands where the training crops were centred on the label

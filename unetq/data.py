@@ -14,6 +14,7 @@ whatever the number of DataLoader workers and can be resumed mid-way.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from unetq.paths import PROJECT_ROOT
 
 
 class DataError(ValueError):
@@ -157,3 +160,13 @@ def require_empty_folder(out: Path) -> None:
         raise DataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         raise DataError(f"{out}: folder is not empty; give a new or empty output folder (nothing was written)")
+
+
+def shown_path(path) -> str:
+    """A data path as a reader of the log sees it: relative to the project root's parent
+    (``../shared/data/...``) when it lies beside the checkout, so that the description names the
+    bundled sample the same way on every developer's machine; otherwise as given."""
+    try:
+        return os.path.join("..", str(Path(path).resolve().relative_to(PROJECT_ROOT.parent)))
+    except ValueError:
+        return str(path)

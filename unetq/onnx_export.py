@@ -612,7 +612,7 @@ def _mask(logits: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def validation_images(config: Mapping[str, Any], data_source: str | None = None, limit: int | None = None) -> np.ndarray:
-    """The validation slices (N, 1, H, W) of the run's dataset, read by its BASE's datasets.py
+    """The validation slices (N, 1, H, W) of the run's dataset, read by its BASE's data module
     (``data_source`` overrides the run's, e.g. phantom where the sample data is absent)."""
     dataset = config.get("dataset") or "em"
     base = base_module(f"{dataset.upper()}_BASE")
