@@ -277,9 +277,8 @@ def _split_notes(train: SliceSet, val: SliceSet) -> list[str]:
     n_empty = sum(not m.any() for m in val.masks)
     return [f"training: {len(train)} pairs kept; dropped {train.dropped_no_gm} without gray matter and "
             f"{train.dropped_empty_input} with an all-zero input",
-            f"validation: {len(val)} pairs, unfiltered, {n_empty} without gray matter: 'dice', 'hd95', ... are means "
-            f"over all of them; the '_nonempty' columns of metrics.csv ('dice_nonempty', 'hd95_nonempty', ...) "
-            f"the means over the {len(val) - n_empty} with gray matter"]
+            f"validation: {len(val)} pairs, unfiltered ({n_empty} without gray matter: metrics.csv's '*_nonempty' "
+            f"columns are the means over the other {len(val) - n_empty})"]
 
 
 def _transforms(cfg) -> tuple[Compose, Compose]:

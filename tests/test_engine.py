@@ -48,7 +48,9 @@ def test_normal_mode_writes_every_output(trained):
             "summary.json"} <= names
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     epoch_lines = [line for line in (out / "log.txt").read_text().splitlines() if line.startswith("epoch ")]
-    assert len(epoch_lines) == 2 and all(k in epoch_lines[0] for k in ("loss", "dice", "precision", "lr", " s |"))
+    assert len(epoch_lines) == 2 and all(k in epoch_lines[0] for k in ("loss", "dice", "hd95", "px", "lr", " s |"))
+    # one console line fits a terminal; at threshold 0.5 "dice@0.5" would repeat "dice"
+    assert all(len(line) <= 120 and "dice@0.5" not in line for line in epoch_lines)
     table = rows(out / "metrics.csv")
     assert [int(r["epoch"]) for r in table] == [1, 2]
     for key in ("train_loss", "val_loss", "dice", "dice_05", "precision", "recall", "specificity", "iou",

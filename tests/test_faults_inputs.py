@@ -267,10 +267,12 @@ def test_a_checkpoint_of_another_dataset_is_named(trained, tmp_path, capsys):
 
 def test_an_hd95_over_a_few_slices_does_not_read_as_a_score():
     none_defined = {"dice": 0.0, "hd95": 0.0, "n_slices": 10, "n_hd_undefined": 8}
-    assert format_metrics(none_defined) == "dice 0.00 | hd95 n/a (undefined on 8 of 10 slices, one mask empty; 0.00 over the other 2)"
-    assert format_metrics({**none_defined, "hd95": 3.5, "n_hd_undefined": 3}) == (
-        "dice 0.00 | hd95 3.50 (over 7 of 10 slices; undefined on 3, one mask empty)")
-    assert format_metrics({**none_defined, "hd95": 3.5, "n_hd_undefined": 0}) == "dice 0.00 | hd95 3.50"
+    assert format_metrics(none_defined) == "dice 0.00 | hd95 n/a (2 of 10 slices defined)"
+    assert format_metrics({**none_defined, "hd95": 3.5, "n_hd_undefined": 3}, unit="mm") == (
+        "dice 0.00 | hd95 3.50 mm (7 of 10 slices)")
+    assert format_metrics({**none_defined, "hd95": 3.5, "n_hd_undefined": 0}, unit="px") == "dice 0.00 | hd95 3.50 px"
+    assert format_metrics({**none_defined, "dice_05": 1.0}, threshold=0.999) == (
+        "dice 0.00 | dice@0.5 1.00 | hd95 n/a (2 of 10 slices defined)")     # beside another threshold only
 
 
 # --- 3. leftovers of a killed write count as free space ----------------------------------------

@@ -65,6 +65,7 @@ class Session:
     def __init__(self, dataset: str, argv: Sequence[str] | None = None):
         self.dataset, self.argv = dataset, argv
         self.cfg: Config | None = None
+        self.run_dir: Path | None = None          # log_output_dir / experiment_name
         self.device = torch.device("cpu")
         self.world = distributed.SINGLE
         self.compute = Compute()
@@ -119,9 +120,8 @@ class Session:
             # every rank is done can take a busy peer's connections down with it
             distributed.barrier(self.world)
             return 0
-        if isinstance(err, (*USER_ERRORS, OSError, KeyboardInterrupt)):
-            return self._stopped(err)
-        return 1
+        code = self._stopped(err)       # also for a bug (its traceback follows): the summary says it failed
+        return code if isinstance(err, (*USER_ERRORS, OSError, KeyboardInterrupt)) else 1
 
     # -- before anything is written ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -91,8 +92,9 @@ def _nested(folder: Path, depth: int = 3) -> list[Path]:
 
 def _script(folder: Path) -> str | None:
     """The folder's entry script: the one file named like a BASE's script (em_unet.py,
-    gmchallenge_unet.py, nih_unet.py; unetq.paths.BASES), None without one."""
-    return next((b.script for b in BASES.values() if (folder / b.script).exists()), None)
+    gmchallenge_unet.py, nih_unet.py; unetq.paths.BASES), None without one. A link that points nowhere
+    counts: the sweep then names it instead of running the folder."""
+    return next((b.script for b in BASES.values() if os.path.lexists(folder / b.script)), None)
 
 
 def make_job(folder: Path, overrides: dict, section: str = "UNET") -> Job:
