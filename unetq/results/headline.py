@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import COMMON_FIELDS, RUN_ONLY_KEYS
-from ..paths import BASES, PROJECT_ROOT, base_module
+from ..paths import BASES, base_module
 from .runs import (DATASETS, NOT_PAPER, OTHER_PROTOCOL, Entry, _best, _order_key, canonical_name, cell_of,
                    options_of, setting_label)
 from .stats import Difference, pooled_sd, summarize, welch
