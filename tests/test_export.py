@@ -10,7 +10,7 @@ import torch
 
 from unetq import checkpoint, export
 from unetq.checkpoint import CheckpointError
-from unetq.models import build_model
+from unetq.models import build_model, validate_model_keys
 from unetq.quantize import fixed_point
 
 KINDS = {
@@ -42,7 +42,7 @@ def _edge_model(name, keys):
     """A small model with BatchNorm statistics moved off their defaults and weights that hit the
     formats' edge cases: paper carries, pow2 clamps, exact zeros and -0.0."""
     torch.manual_seed(1)
-    model = build_model({**keys, "base_width": 4})
+    model = build_model(validate_model_keys({**keys, "base_width": 4}))
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -85,7 +85,7 @@ def test_requantizing_a_carry_is_not_a_no_op():
 @pytest.mark.parametrize("kind, bits", [("fixed-paper", 6), ("fixed-saturating", 5)])
 def test_q04_file_is_within_1_percent_of_the_exact_bit_count(tmp_path, kind, bits):
     torch.manual_seed(0)
-    model = build_model({**KINDS[kind], "base_width": 64})
+    model = build_model(validate_model_keys({**KINDS[kind], "base_width": 64}))
     path = tmp_path / "a6w04.uqp"
     export.save_packed(model, path)
     state = model.state_dict()
@@ -121,7 +121,7 @@ def test_file_is_plain_json_header_and_bytes(tmp_path):
 
 def test_compression_is_lossless(tmp_path):
     torch.manual_seed(0)
-    model = build_model({**KINDS["fixed-paper"], "base_width": 16})
+    model = build_model(validate_model_keys({**KINDS["fixed-paper"], "base_width": 16}))
     with torch.no_grad():
         for _, conv in model.quantized_convs():
             conv.weight.mul_(0.05)                           # trained-like: codes near zero, low entropy

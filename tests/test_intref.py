@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from unetq import intref
-from unetq.models import build_model
+from unetq.models import build_model, validate_model_keys
 
 FORMATS = {
     "a6.0/w0.4": dict(activation_i_width=6, weight_f_width=4),
@@ -17,8 +17,8 @@ FORMATS = {
 
 def _model(keys, mode, activation="relu", seed=0):
     torch.manual_seed(seed)
-    model = build_model({"quantization": "fixed", "fixed_mode": mode, "base_width": 4, "activation": activation,
-                         **keys})
+    model = build_model(validate_model_keys({"quantization": "fixed", "fixed_mode": mode, "base_width": 4,
+                                             "activation": activation, **keys}))
     with torch.no_grad():
         for m in model.modules():                       # BatchNorm statistics off their defaults
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -89,8 +89,8 @@ def test_float32_accumulation_is_exact_only_below_2_to_the_24():
 
 
 def test_accumulator_bounds_of_the_papers_setting():
-    rows = {r["layer"]: r for r in intref.accumulator_bounds(build_model(
-        {"quantization": "fixed", "fixed_mode": "paper", "activation_i_width": 6, "weight_f_width": 4}))}
+    rows = {r["layer"]: r for r in intref.accumulator_bounds(build_model(validate_model_keys(
+        {"quantization": "fixed", "fixed_mode": "paper", "activation_i_width": 6, "weight_f_width": 4})))}
     assert len(rows) == 12
     assert rows["enc2.conv1"]["bound"] == 64 * 9 * 16 * 63 and rows["enc2.conv1"]["float32_exact"]
     # the decoder's first convs see upsampled codes (x 2^4): 512 * 9 * 16 * (63 * 16) > 2^24
@@ -99,8 +99,8 @@ def test_accumulator_bounds_of_the_papers_setting():
 
 
 def test_refuses_what_it_cannot_prove():
-    pow2 = build_model({"quantization": "fixed", "fixed_mode": "pow2", "activation_i_width": 6, "weight_f_width": 4,
-                        "base_width": 4}).eval()
+    pow2 = build_model(validate_model_keys({"quantization": "fixed", "fixed_mode": "pow2", "activation_i_width": 6,
+                                            "weight_f_width": 4, "base_width": 4})).eval()
     with pytest.raises(ValueError, match="paper or saturating"):
         intref.integer_forward(pow2, torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="eval mode"):

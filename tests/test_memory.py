@@ -6,7 +6,7 @@ import torch
 
 from unetq import memory
 from unetq.layers import QuantFormat
-from unetq.models import build_model
+from unetq.models import build_model, validate_model_keys
 from unetq.quantize import fixed_point
 
 # Base width 2, counted by hand from docs/method.md section 3 (conv in -> out channels):
@@ -24,7 +24,7 @@ A6W04 = dict(quantization="fixed", activation_i_width=6, weight_f_width=4, base_
 
 def totals(keys, **extra):
     torch.manual_seed(0)
-    return memory.account(build_model({**keys, **extra}))
+    return memory.account(build_model(validate_model_keys({**keys, **extra})))
 
 
 def test_hand_counted_totals_q04_paper_mode():
@@ -51,7 +51,7 @@ def test_ternary_counts_an_alpha_per_filter_and_bnn_its_zeros():
     assert t["quantized"]["paper"] == N_QUANT * 2
     assert t["quantized"]["honest"] == t["quantized"]["exact"] == N_QUANT * 2 + N_FILTERS * 32
     torch.manual_seed(0)
-    model = build_model({"quantization": "bnn", "base_width": 2})
+    model = build_model(validate_model_keys({"quantization": "bnn", "base_width": 2}))
     with torch.no_grad():
         model.enc2.conv1.weight.view(-1)[:3] = 0.0                   # sign(0) = 0: a third value
     _, t = memory.account(model)
@@ -114,7 +114,7 @@ def test_command_line_reads_a_checkpoints_trained_weights(tmp_path, capsys):
 
     keys = {"quantization": "fixed", "fixed_mode": "pow2", "activation_i_width": 6, "weight_f_width": 4,
             "base_width": 2}
-    model = build_model(keys)
+    model = build_model(validate_model_keys(keys))
     with torch.no_grad():
         for _, conv in model.quantized_convs():
             conv.weight.copy_(torch.where(conv.weight > 0, 0.5, -0.25))   # pow2 levels: 0, 2^-2, 2^-1, clamp

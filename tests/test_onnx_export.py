@@ -17,11 +17,12 @@ pytest.importorskip("qonnx")
 
 from unetq import checkpoint, export  # noqa: E402
 from unetq import onnx_export as ox  # noqa: E402
+from unetq import onnx_graph as og  # noqa: E402
 from unetq.layers import QuantFormat  # noqa: E402
-from unetq.models import build_model  # noqa: E402
+from unetq.models import build_model, validate_model_keys  # noqa: E402
 from unetq.paths import PROJECT_ROOT  # noqa: E402
 
-ALL = set(ox.FLAVOURS)
+ALL = set(og.FLAVOURS)
 # kind: (model keys, the flavours that must carry it; the others must refuse it)
 KINDS = {
     "normal": (dict(quantization="normal"), {"reference"}),
@@ -55,12 +56,12 @@ def test_activation_quantizers_equal_pytorch_on_edge_values(fmt):
     """Each quantizer graph against the PyTorch quantizer: equal values (a zero's sign may differ),
     on rounding ties, saturation bounds, the paper wrap and INT's min/max; a constant tensor
     for INT (no scale)."""
-    for flavour in ox.FLAVOURS:
-        if ox.refusal(fmt, fmt, flavour):
-            with pytest.raises(ox.ExportRefused, match=f"^{flavour}: .*(reference|qonnx)"):
-                ox.activation_graph(fmt, flavour)
+    for flavour in og.FLAVOURS:
+        if og.refusal(fmt, fmt, flavour):
+            with pytest.raises(og.ExportRefused, match=f"^{flavour}: .*(reference|qonnx)"):
+                og.activation_graph(fmt, flavour)
             continue
-        graph = ox.activation_graph(fmt, flavour)
+        graph = og.activation_graph(fmt, flavour)
         for x in (EDGES, np.full((1, 1, 3, 2), 0.7, np.float32)):
             want = fmt.quantize_activation(torch.from_numpy(x)).numpy()
             got = ox.run_graph(graph, flavour, x)["logits"]
@@ -69,10 +70,10 @@ def test_activation_quantizers_equal_pytorch_on_edge_values(fmt):
 
 def test_refusals_say_why_and_who_can():
     wf = QuantFormat("fixed", 0, 4, "paper")
-    assert "wraps" in ox.refusal(wf, QuantFormat("fixed", 0, 4, "paper"), "qcdq")
-    assert "powers of two" in ox.refusal(QuantFormat("fixed", 4, 4, "pow2"), QuantFormat("fixed", 4, 4, "pow2"), "qonnx")
-    assert ox.refusal(wf, QuantFormat("fixed", 6, 0, "paper"), "qcdq") is None
-    msg = ox.refusal(QuantFormat("int", 8), QuantFormat("int", 8), "qcdq")
+    assert "wraps" in og.refusal(wf, QuantFormat("fixed", 0, 4, "paper"), "qcdq")
+    assert "powers of two" in og.refusal(QuantFormat("fixed", 4, 4, "pow2"), QuantFormat("fixed", 4, 4, "pow2"), "qonnx")
+    assert og.refusal(wf, QuantFormat("fixed", 6, 0, "paper"), "qcdq") is None
+    msg = og.refusal(QuantFormat("int", 8), QuantFormat("int", 8), "qcdq")
     assert "9-bit" in msg and "qonnx" in msg
 
 
@@ -80,7 +81,7 @@ def _calibrated(keys, seed=0, width=4, images=None):
     """A small model whose BatchNorm statistics come from data (a few train-mode passes without
     updates), so that activations spread over the quantizers' ranges as in a trained model."""
     torch.manual_seed(seed)
-    model = build_model({**keys, "base_width": width, "init_type": "glorot"})
+    model = build_model(validate_model_keys({**keys, "base_width": width, "init_type": "glorot"}))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None                                              # cumulative average
@@ -99,12 +100,12 @@ def test_every_quantization_type_exports_or_refuses(kind):
     keys, carriers = KINDS[kind]
     model = _calibrated(keys)
     x = torch.randn(2, 1, 16, 24, generator=torch.Generator().manual_seed(3)).numpy()   # not the built size
-    for flavour in ox.FLAVOURS:
+    for flavour in og.FLAVOURS:
         if flavour not in carriers:
-            with pytest.raises(ox.ExportRefused, match=f"^{flavour}: "):
-                ox.build_graph(model, flavour)
+            with pytest.raises(og.ExportRefused, match=f"^{flavour}: "):
+                og.build_graph(model, flavour)
             continue
-        graph = ox.build_graph(model, flavour)
+        graph = og.build_graph(model, flavour)
         onnx.checker.check_model(graph)
         # qonnx: Quant in standard operators, in ONNX Runtime (the executor takes ~0.1 s a node; it
         # checks every quantizer above and whole graphs in the slow test below)
@@ -122,7 +123,7 @@ def test_every_quantization_type_exports_or_refuses(kind):
             assert len(codes) == 12 and all(i.data_type == onnx.TensorProto.INT8 for i in codes)
         if flavour == "qonnx":
             quants = [n for n in graph.graph.node if n.op_type == "Quant"]
-            assert quants and all(n.domain == ox.QONNX_DOMAIN for n in quants)
+            assert quants and all(n.domain == og.QONNX_DOMAIN for n in quants)
 
 
 def _isbi_check(kinds, sections):
@@ -130,8 +131,8 @@ def _isbi_check(kinds, sections):
     assert val.shape == (5, 1, 200, 200) and 0.0 <= val.min() < val.max() <= 1.0
     for kind in kinds:
         model = _calibrated(KINDS[kind][0], images=val[:2])
-        for flavour in ox.FLAVOURS:
-            result = ox.compare(model, ox.build_graph(model, flavour), flavour, val[:sections], threshold=0.5,
+        for flavour in og.FLAVOURS:
+            result = ox.compare(model, og.build_graph(model, flavour), flavour, val[:sections], threshold=0.5,
                                 batch=5, qonnx_runner="lowered")
             assert result["mask_mismatch"] == 0 and ox.within_tolerance(result), (kind, flavour, result["max_logit_diff"])
 
@@ -154,7 +155,7 @@ def test_qonnx_graphs_in_the_qonnx_executor(kind):
     same values as the lowered graph the fast tests run."""
     model = _calibrated(KINDS[kind][0])
     x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(4)).numpy()
-    graph = ox.build_graph(model, "qonnx")
+    graph = og.build_graph(model, "qonnx")
     result = ox.compare(model, graph, "qonnx", x, threshold=0.5)
     assert ox.within_tolerance(result), result["max_logit_diff"]
     lowered = ox.run_graph(graph, "qonnx", x, qonnx_runner="lowered")["logits"]
@@ -163,7 +164,7 @@ def test_qonnx_graphs_in_the_qonnx_executor(kind):
 
 def test_batchnorm_op_variant_is_close_and_uses_the_standard_node():
     model = _calibrated(KINDS["saturating-a6w0.4"][0])
-    graph = ox.build_graph(model, "qcdq", batchnorm="op")
+    graph = og.build_graph(model, "qcdq", batchnorm="op")
     assert sum(n.op_type == "BatchNormalization" for n in graph.graph.node) == 14
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(6)).numpy()
     result = ox.compare(model, graph, "qcdq", x, threshold=0.5)
@@ -173,10 +174,10 @@ def test_batchnorm_op_variant_is_close_and_uses_the_standard_node():
 def test_qcdq_file_is_a_third_of_the_float_export_at_width_64():
     """Sizes only (nothing is run): the a6.0/w0.4 saturating U-Net at the paper's width 64."""
     keys = KINDS["saturating-a6w0.4"][0]
-    model = build_model({**keys, "base_width": 64}).eval()
-    float_model = build_model({"quantization": "normal", "base_width": 64}).eval()
-    float_size = ox.build_graph(float_model, "reference").ByteSize()
-    qcdq_size = ox.build_graph(model, "qcdq").ByteSize()
+    model = build_model(validate_model_keys({**keys, "base_width": 64})).eval()
+    float_model = build_model(validate_model_keys({"quantization": "normal", "base_width": 64})).eval()
+    float_size = og.build_graph(float_model, "reference").ByteSize()
+    qcdq_size = og.build_graph(model, "qcdq").ByteSize()
     assert float_size > 4 * 4_837_249                                      # 4.84 M float32 parameters
     assert qcdq_size <= float_size / 3
 
@@ -195,7 +196,7 @@ def test_command_line_all_flavours_with_check(tmp_path, capsys):
     out = tmp_path / "onnx"
     assert ox.main([str(run), str(out), "--format", "all", "--check", "--slices", "2", "--qonnx-runner", "lowered"]) == 0
     text = capsys.readouterr().out
-    for flavour in ox.FLAVOURS:
+    for flavour in og.FLAVOURS:
         path = out / f"exp1.{flavour}.onnx"                               # per-experiment names
         assert path.is_file() and f"{flavour}: OK" in text
         proto = onnx.load(str(path))

@@ -91,7 +91,7 @@ def test_best_dice_epoch_and_hd95_come_from_metrics(tree):
     _, _, t = tree
     fp = t["full precision"]
     assert (fp["em_dice"], fp["em_dice_epoch"], fp["em_threshold"]) == ("85.5", "2", "0.999")
-    assert (fp["em_dice05"], fp["em_dice05_epoch"], fp["em_hd95"], fp["em_hd95_unit"]) == ("88.25", "3", "12.5", "px")
+    assert (fp["em_dice_05"], fp["em_dice_05_epoch"], fp["em_hd95"], fp["em_hd95_unit"]) == ("88.25", "3", "12.5", "px")
     assert (fp["em_paper_protocol"], fp["em_epochs_done"], fp["em_delta"]) == ("yes", "200", "0.0")
 
 

@@ -46,7 +46,7 @@ from . import __version__, engine
 from .config import ConfigError, validate
 from .data import DataError, SliceDataset
 from .losses import build_loss
-from .models import build_model
+from .models import build_model, validate_model_keys
 from .paths import base_module, base_of
 from .quantize import binary, fixed_point, int_quant, ternary
 
@@ -223,11 +223,12 @@ def _models(width: int, device: torch.device, compute: engine.Compute) -> dict[s
     out = {}
     for name, keys in MODELS.items():
         torch.manual_seed(0)
-        model = build_model({**keys, "base_width": width}).to(device, memory_format=compute.memory_format)
+        model = build_model(validate_model_keys({**keys, "base_width": width})).to(device,
+                                                                                 memory_format=compute.memory_format)
         out[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), compute)
     if compute.memory_format == torch.channels_last:
         torch.manual_seed(0)
-        model = build_model({**MODELS["normal"], "base_width": width}).to(device)
+        model = build_model(validate_model_keys({**MODELS["normal"], "base_width": width})).to(device)
         nchw = engine.Compute(compute.device_type, compute.dtype, compute.scaler, torch.contiguous_format)
         out["normal_nchw"] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), nchw)
     return out

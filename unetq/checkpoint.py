@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .models import MODEL_KEYS
 from .runlog import replacing
 
 FORMAT = "unetq-checkpoint"
@@ -104,8 +105,6 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: P
     Returns notices (e.g. a different quantization, which is legitimate for retraining a float model
     into a quantized one); raises CheckpointError when the tensors do not fit, naming what differs.
     """
-    from .models import MODEL_KEYS
-
     notices, differs = [], []
     if ckpt_config and config:
         differs = [f"{k}: checkpoint {ckpt_config.get(k)!r}, config {config.get(k)!r}"

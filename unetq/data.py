@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from unetq.paths import PROJECT_ROOT
@@ -92,8 +93,6 @@ class DataBundle:
 def read_gray(path: Path) -> np.ndarray:
     """A single-channel image file (PNG, TIFF page 0, ...) as a 2-D numpy array; a truncated,
     corrupt or multi-channel file raises DataError naming the file."""
-    from PIL import Image
-
     try:
         with warnings.catch_warnings(), Image.open(path) as img:
             warnings.simplefilter("ignore")      # PIL warns on some damaged files before failing on them
@@ -122,8 +121,6 @@ def binary_mask(mask: np.ndarray, where: str) -> np.ndarray:
 
 def resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
     """Resize a 2-D array to (H, W): bilinear for images, nearest for label maps (PIL)."""
-    from PIL import Image
-
     mode = Image.NEAREST if nearest else Image.BILINEAR
     as_float = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F")
     out = np.asarray(as_float.resize((size[1], size[0]), mode))

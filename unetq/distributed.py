@@ -70,15 +70,6 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def mean_of(value: float, world: World, device: torch.device) -> float:
-    """The mean of a scalar over the ranks."""
-    if not world.active:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / world.size
-
-
 def gather(obj: Any, world: World) -> list:
     """Every rank's ``obj``, in rank order, on every rank (picklable Python objects)."""
     if not world.active:

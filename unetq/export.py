@@ -55,9 +55,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import memory
+from . import checkpoint, memory
 from .checkpoint import CheckpointError
+from .config import ConfigError
 from .layers import QuantConv2d, QuantFormat
+from .models import MODEL_KEYS, build_model, validate_model_keys
 from .runlog import replacing
 
 MAGIC = b"UNETQPK1"
@@ -270,11 +272,9 @@ def save_packed(model: torch.nn.Module, path: Path | str, compress: str = "none"
     """Write ``model`` (a :class:`unetq.models.UNet`) to ``path`` in the packed format, atomically.
     ``compress``: none | zlib | lzma (lossless, over the whole payload); ``source``: free information
     stored in the header (e.g. the checkpoint it came from). Returns the header."""
-    from .models import MODEL_KEYS
-
     if compress not in COMPRESSIONS:
         raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
-    options = getattr(model, "options", None) or _model_keys(model)
+    options = _model_keys(model)
     header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model": {k: options[k] for k in MODEL_KEYS},
                               "source": dict(source or {}), "compression": compress, "tensors": []}
     payload, offset = [], 0
@@ -299,9 +299,11 @@ def _model_keys(model: torch.nn.Module) -> dict:
     first = model.enc1.conv1
     activation = type(model.dec1.act1).__name__.lower()         # ReLU, Tanh, TernaryTanh
     first_block = "same" if type(model.enc1.act1) is type(model.dec1.act1) else "relu"   # the original GM model's
+    # init_type only decides the initial random draw; a model read back from the file gets the stored
+    # weights, so the value recorded is the one the model was built with, for the record
     return {"quantization": wf.kind, "weight_i_width": wf.i_bits, "weight_f_width": wf.f_bits,
             "activation_i_width": af.i_bits, "activation_f_width": af.f_bits, "fixed_mode": wf.mode,
-            "activation": activation, "dropout": hasattr(model.enc1, "drop1"), "init_type": "uniform",
+            "activation": activation, "dropout": hasattr(model.enc1, "drop1"), "init_type": model.init_type,
             "base_width": first.out_channels, "first_block_activation": first_block}
 
 
@@ -368,17 +370,13 @@ def load_packed(path: Path | str) -> torch.nn.Module:
     """Rebuild the U-Net of a packed file with its decoded weights, in eval mode. Its quantized convs
     are :class:`PrequantizedConv2d` (weights used as stored), so its forward equals the original
     fake-quantized model's bit for bit. Raises CheckpointError with one line on a bad file."""
-    from .checkpoint import load_into
-    from .config import ConfigError
-    from .models import build_model
-
     header, state = read_packed(path)
     try:
-        model = build_model(header["model"])
+        model = build_model(validate_model_keys(header["model"]))
     except ConfigError as err:
         raise CheckpointError(f"{path}: the packed model's settings are invalid ({err})") from None
     prequantize(model)
-    load_into(model, state, Path(path))
+    checkpoint.load_into(model, state, Path(path))
     return model.eval()
 
 
@@ -425,15 +423,13 @@ def _int_view(t: torch.Tensor) -> torch.dtype:
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
     """(the U-Net of a run's checkpoint in eval mode, the checkpoint); CheckpointError with one line
-    for a bad file or one without a config (a bare state dict does not say the model settings)."""
-    from . import checkpoint
-    from .models import build_model
-
+    for a bad file or one without a config (a bare state dict does not say the model settings), a
+    ConfigError for invalid recorded settings."""
     ckpt = checkpoint.load(path)
     if not ckpt["config"]:
         raise CheckpointError(f"{path}: holds no config, so the model settings are unknown; export a run's "
                               f"best.pt or last.pt")
-    model = build_model(ckpt["config"])
+    model = build_model(validate_model_keys(ckpt["config"], source=Path(path)))
     checkpoint.load_into(model, ckpt["model"], path)
     return model.eval(), ckpt
 
@@ -445,8 +441,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="the packed file to write (e.g. model.uqp)")
     parser.add_argument("--compress", choices=COMPRESSIONS, default="none", help="lossless pass over every blob")
     args = parser.parse_args(argv)
-    from .config import ConfigError
-
     path = Path(args.checkpoint)
     try:
         model, ckpt = load_checkpoint_model(path)

@@ -1,5 +1,7 @@
 """Figures a run writes: training curves, prediction overlays in the paper's colours, and the
-per-layer weight distributions of the visualize mode. Matplotlib with the file-only Agg backend."""
+per-layer weight distributions of the visualize mode. Drawn with matplotlib's object-oriented API
+(a ``Figure`` on its own Agg canvas, never pyplot), so importing this module leaves the backend of
+the user's session (a notebook, say) as it was."""
 
 from __future__ import annotations
 
@@ -7,14 +9,13 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .runlog import replacing  # noqa: E402
+from .layers import QuantConv2d
+from .runlog import replacing
 
 # The paper's overlay colours: overlap orange, ground truth only red, prediction only blue.
 OVERLAP, GT_ONLY, PRED_ONLY = (1.0, 0.6, 0.0), (0.9, 0.1, 0.1), (0.1, 0.3, 1.0)
@@ -41,12 +42,21 @@ def save_overlays(images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds
     panel_grid(rows, path, titles, f"{suptitle}\n{legend}" if suptitle else legend)
 
 
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure drawn by the Agg renderer (file output only), outside pyplot: nothing to close, no
+    backend switched."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def panel_grid(rows: Sequence[Sequence[tuple]], path: Path, row_labels: Sequence[str] = (), suptitle: str = "",
                cell: float = 2.6) -> None:
     """A grid of images without axes: ``rows`` of (array, column title, colormap or None for RGB);
     the titles of the first row head the columns (PNG)."""
     n, cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n, cols, figsize=(cell * cols, cell * n), squeeze=False)
+    fig = new_figure((cell * cols, cell * n))
+    axes = fig.subplots(n, cols, squeeze=False)
     for r, panels in enumerate(rows):
         for c, (data, name, cmap) in enumerate(panels):
             ax = axes[r, c]
@@ -65,7 +75,8 @@ def panel_grid(rows: Sequence[Sequence[tuple]], path: Path, row_labels: Sequence
 def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
     """Training curves from the per-epoch metric rows: losses, Dice, learning rate."""
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = new_figure((13, 3.6))
+    ax_loss, ax_dice, ax_lr = fig.subplots(1, 3)
     for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
         ax_loss.plot(epochs, [r.get(key, np.nan) for r in rows], label=label)
     for key, label in (("dice", "Dice @ threshold"), ("dice_05", "Dice @ 0.5"), ("dice_nonempty", "Dice, non-empty GT")):
@@ -90,18 +101,19 @@ def plot_weight_distributions(model: torch.nn.Module, paths: Sequence[Path], tit
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     cols = 4
     rows = (len(convs) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig = new_figure((4 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, conv) in zip(axes.flat, convs):
         with torch.no_grad():
             w = conv.weight.detach().float().cpu().numpy().ravel()
-            used = conv.quantized_weight() if hasattr(conv, "quantized_weight") else conv.weight
+            used = conv.quantized_weight() if isinstance(conv, QuantConv2d) else conv.weight
             q = used.detach().float().cpu().numpy().ravel()
         bins = np.linspace(min(w.min(), q.min()), max(w.max(), q.max()), 81)
         if bins[0] == bins[-1]:
             bins = 81
         ax.hist(w, bins=bins, alpha=0.6, label="float", color="tab:gray")
         ax.hist(q, bins=bins, alpha=0.6, label="quantized", color="tab:orange")
-        fmt = conv.fmt.describe() if hasattr(conv, "fmt") and name.split(".")[0] != "enc1" else "float32"
+        fmt = conv.fmt.describe() if isinstance(conv, QuantConv2d) else "float32"
         ax.set_title(f"{name}  [{fmt}]  {len(np.unique(q))} values", fontsize=8)
         ax.set_yscale("log")
         ax.tick_params(labelsize=7)
@@ -111,14 +123,12 @@ def plot_weight_distributions(model: torch.nn.Module, paths: Sequence[Path], tit
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     for path in paths:
-        save_figure(fig, path, close=False)
-    plt.close(fig)
+        save_figure(fig, path)
 
 
-def save_figure(fig, path: Path, close: bool = True) -> None:
-    """Save ``fig`` (creating the folder) and close it unless ``close`` is False. The file is replaced
-    atomically: a full disk leaves the previous figure (or none), never an empty one, and the error
-    names the figure."""
+def save_figure(fig: Figure, path: Path) -> None:
+    """Save ``fig`` (creating the folder). The file is replaced atomically: a full disk leaves the
+    previous figure (or none), never an empty one, and the error names the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -126,8 +136,4 @@ def save_figure(fig, path: Path, close: bool = True) -> None:
             warnings.simplefilter("ignore", UserWarning)   # a one-epoch curve has identical y limits: harmless
             fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     except OSError as err:
-        if close:
-            plt.close(fig)
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
-    if close:
-        plt.close(fig)

@@ -127,9 +127,10 @@ def _quantize_codes(y: torch.Tensor, quant, af: QuantFormat) -> Codes:
 
 def _stage(block, k: int, x, af: QuantFormat) -> Codes:
     """Stage k of a block: conv -> activation -> BatchNorm -> (dropout) -> activation quantizer.
-    ``x`` is Codes for a quantized conv, a float64 tensor or Codes for a float conv."""
+    ``x`` is Codes for a quantized conv (FIXED: _check_model made sure), a float64 tensor or Codes
+    for a float conv (the first block's plain nn.Conv2d)."""
     conv = getattr(block, f"conv{k}")
-    if isinstance(conv, QuantConv2d) and conv.fmt.kind == "fixed":
+    if isinstance(conv, QuantConv2d):
         acc = int_conv3x3(x.codes, weight_codes(conv))
         if acc.abs().max() >= 2 ** 53:
             raise ValueError("an accumulator reached 2^53: beyond exact float64 rescaling")

@@ -18,8 +18,10 @@ QUANTIZATIONS = ("normal", "fixed", "int", "bnn", "ternary")
 class QuantFormat:
     """How one tensor role (weights or activations) is quantized.
 
-    kind: normal | fixed | int | bnn | ternary; i_bits / f_bits: the Qi.f widths (INT uses i_bits as
-    its bit count n); mode: the fixed-point mode (paper | saturating | pow2), used by ``fixed`` only.
+    kind: normal | fixed | int | bnn | ternary. i_bits / f_bits: the Qi.f widths, from the config keys
+    ``weight_i_width`` / ``weight_f_width`` (or ``activation_*``). INT reads i_bits, i.e. the
+    ``*_i_width`` key, as its bit count n (INTn) and ignores f_bits. mode: the fixed-point mode
+    (paper | saturating | pow2), used by ``fixed`` only.
     """
 
     kind: str = "normal"
@@ -69,7 +71,8 @@ FLOAT = QuantFormat()
 class QuantConv2d(nn.Conv2d):
     """A Conv2d whose weights pass through ``fmt.quantize_weight`` on every forward (quantization-
     aware training keeps float "shadow" weights and trains them through the straight-through
-    gradient). The bias stays float, as in the paper."""
+    gradient). The bias stays float, as in the paper. The U-Net's float convs (the first block, the
+    head) are plain ``nn.Conv2d``, so being a QuantConv2d is what marks a quantized conv."""
 
     def __init__(self, in_channels: int, out_channels: int, fmt: QuantFormat = FLOAT, **kwargs):
         super().__init__(in_channels, out_channels, kernel_size=3, padding=1, **kwargs)

@@ -9,7 +9,7 @@ model needs at inference, three ways:
             codes run from -2^(n-1) to +2^(n-1): 2^n + 1 values); 1 for BNN; 2 for Ternary plus
             one float32 alpha per output filter.
     exact   the width that holds EVERY value the quantizer can produce; this is what
-            ``unetq.export`` packs (see :func:`exact_width`):
+            ``unetq.export`` packs (the third value of :func:`format_bits`):
               * FIXED paper, f > 0: the fraction may round up to 1.0 (the carry is not
                 re-saturated), so magnitudes run 0 .. 2^i in steps of 2^-f: codes 0 .. 2^(i+f),
                 that is 2^(i+f) + 1 values, i + f + 1 magnitude bits, 2 + i + f with the sign.
@@ -45,7 +45,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import checkpoint
+from .config import ConfigError, parse_overrides, read_yaml
 from .layers import QuantFormat
+from .models import build_model, validate_model_keys
 from .quantize import pow2_limit
 
 FLOAT_BITS = 32
@@ -124,14 +127,6 @@ def activation_bits(fmt: QuantFormat) -> tuple[int, int, int | None]:
     if fmt.kind == "bnn":
         return 1, 1, 2
     return format_bits(fmt)
-
-
-def exact_width(fmt: QuantFormat, q: torch.Tensor | None = None) -> int:
-    """The packed code width of one element (see the module docstring); at least 1 bit."""
-    exact = format_bits(fmt, q)[2]
-    if exact is None:
-        raise ValueError("the exact width of a pow2 tensor depends on its values: pass the quantized tensor")
-    return max(1, exact)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,21 +277,20 @@ def settings_table(base_width: int = 64, seed: int = 0) -> str:
     """Markdown table of the paper's settings at ``base_width``: weight bits per count and the whole
     model's size in MiB per count (paper mode and pow2 for FIXED; pow2's exact width is measured on
     freshly initialised U(-1, 1) weights, seed ``seed``)."""
-    from .models import build_model
-
     head = ("| setting | weights | bits/weight paper / honest / exact | quantized weights only: x smaller "
             "(paper / exact) | model MiB paper | honest | exact | whole model: x smaller (paper / exact) "
             "| pow2 exact bits | pow2 exact MiB |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for label, keys in SETTINGS:
         torch.manual_seed(seed)
-        rows, t = account(build_model({**keys, "base_width": base_width, "fixed_mode": "paper"}))
+        rows, t = account(build_model(validate_model_keys({**keys, "base_width": base_width, "fixed_mode": "paper"})))
         q = [r for r in rows if r.role == "quantized weight"]
         bits = f"{q[0].paper_bits} / {q[0].honest_bits} / {q[0].exact_bits}" if q else "32 / 32 / 32"
         pow2 = ("", "")
         if keys["quantization"] == "fixed":
             torch.manual_seed(seed)
-            prow, pt = account(build_model({**keys, "base_width": base_width, "fixed_mode": "pow2"}))
+            prow, pt = account(build_model(validate_model_keys({**keys, "base_width": base_width,
+                                                                "fixed_mode": "pow2"})))
             widths = sorted({r.exact_bits for r in prow if r.role == "quantized weight"})
             pow2 = ("-".join(map(str, (widths[0], widths[-1]))) if len(widths) > 1 else str(widths[0]),
                     f"{mib(pt['model']['exact']):.2f}")
@@ -313,23 +307,21 @@ def _ratio_text(ratio: dict) -> str:
 
 
 def _model_from_args(args) -> torch.nn.Module:
-    from . import checkpoint
-    from .config import ConfigError, parse_overrides, read_yaml
-    from .models import build_model
-
+    """The model of ``--checkpoint`` (its recorded settings and weights) or of ``--config`` (untrained),
+    with the ``-o`` overrides, validated once here."""
     overrides = parse_overrides(args.override)
     if args.checkpoint:
         ckpt = checkpoint.load(args.checkpoint)
         if not ckpt["config"]:
             raise checkpoint.CheckpointError(f"{args.checkpoint}: holds no config; the model settings are unknown")
-        model = build_model({**ckpt["config"], **overrides})
+        model = build_model(validate_model_keys({**ckpt["config"], **overrides}, source=Path(args.checkpoint)))
         checkpoint.load_into(model, ckpt["model"], Path(args.checkpoint))
         return model
     data = read_yaml(Path(args.config))
     section = data.get(args.type) if isinstance(data, dict) else None
     if not isinstance(section, dict):
         raise ConfigError(f"{args.config}: no section {args.type!r} with key: value pairs (the -t argument)")
-    return build_model({**section, **overrides})
+    return build_model(validate_model_keys({**section, **overrides}, source=Path(args.config)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,15 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-width", type=int, default=64, help="base width for --settings (default 64)")
     parser.add_argument("--tensors", action="store_true", help="also print one row per tensor")
     args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-
     try:
         if args.settings:
             print(settings_table(args.base_width))
             return 0
         model = _model_from_args(args)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows, totals = account(model)

@@ -37,12 +37,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-FRACTION_KEYS = ("dice", "precision", "recall", "specificity", "iou", "accuracy", "rand_index")
 DISTANCE_KEYS = ("hd", "hd95")
 HD_MODES = ("max", "pooled")
-# Keys that result() produces besides the per-slice ones; an ``extra`` key may not reuse them.
-_RESULT_ONLY_KEYS = (*(f"{k}_nonempty" for k in FRACTION_KEYS + DISTANCE_KEYS),
-                     "n_slices", "n_empty_gt", "n_empty_pred", "n_hd_undefined")
 
 # 4-connectivity: a pixel stays interior only if its up/down/left/right neighbours are foreground.
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -77,39 +73,30 @@ def confusion(pred, gt) -> tuple[int, int, int, int]:
     return tp, fp, fn, tn
 
 
-def dice(pred, gt) -> float:
-    """Dice 2TP / (2TP + FP + FN); 0 when the denominator is 0."""
-    tp, fp, fn, _ = confusion(pred, gt)
+# The overlap formulas, written once, on the confusion counts of one slice. The named metrics below and
+# slice_metrics (which counts once and applies all of them) both use these.
+
+def _dice_of(tp: int, fp: int, fn: int, tn: int) -> float:
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def precision(pred, gt) -> float:
-    """Precision TP / (TP + FP); 0 when the denominator is 0."""
-    tp, fp, _, _ = confusion(pred, gt)
+def _precision_of(tp: int, fp: int, fn: int, tn: int) -> float:
     return _ratio(tp, tp + fp)
 
 
-def recall(pred, gt) -> float:
-    """Recall (sensitivity) TP / (TP + FN); 0 when the denominator is 0."""
-    tp, _, fn, _ = confusion(pred, gt)
+def _recall_of(tp: int, fp: int, fn: int, tn: int) -> float:
     return _ratio(tp, tp + fn)
 
 
-def specificity(pred, gt) -> float:
-    """Specificity TN / (TN + FP); 0 when the denominator is 0."""
-    _, fp, _, tn = confusion(pred, gt)
+def _specificity_of(tp: int, fp: int, fn: int, tn: int) -> float:
     return _ratio(tn, tn + fp)
 
 
-def iou(pred, gt) -> float:
-    """Intersection over union TP / (TP + FP + FN); 0 when the denominator is 0."""
-    tp, fp, fn, _ = confusion(pred, gt)
+def _iou_of(tp: int, fp: int, fn: int, tn: int) -> float:
     return _ratio(tp, tp + fp + fn)
 
 
-def accuracy(pred, gt) -> float:
-    """Pixel accuracy (TP + TN) / N; 0 for an empty image."""
-    tp, fp, fn, tn = confusion(pred, gt)
+def _accuracy_of(tp: int, fp: int, fn: int, tn: int) -> float:
     return _ratio(tp + tn, tp + fp + fn + tn)
 
 
@@ -129,6 +116,45 @@ def _rand_from_counts(tp: int, fp: int, fn: int, tn: int) -> float:
     # agreements = pairs together in both + pairs apart in both
     #            = same_both + (pairs - same_pred - same_gt + same_both)
     return (pairs + 2 * same_both - same_pred - same_gt) / pairs
+
+
+_FROM_COUNTS = {"dice": _dice_of, "precision": _precision_of, "recall": _recall_of,
+                "specificity": _specificity_of, "iou": _iou_of, "accuracy": _accuracy_of,
+                "rand_index": _rand_from_counts}
+FRACTION_KEYS = tuple(_FROM_COUNTS)
+# Keys that result() produces besides the per-slice ones; an ``extra`` key may not reuse them.
+_RESULT_ONLY_KEYS = (*(f"{k}_nonempty" for k in FRACTION_KEYS + DISTANCE_KEYS),
+                     "n_slices", "n_empty_gt", "n_empty_pred", "n_hd_undefined")
+
+
+def dice(pred, gt) -> float:
+    """Dice 2TP / (2TP + FP + FN); 0 when the denominator is 0."""
+    return _dice_of(*confusion(pred, gt))
+
+
+def precision(pred, gt) -> float:
+    """Precision TP / (TP + FP); 0 when the denominator is 0."""
+    return _precision_of(*confusion(pred, gt))
+
+
+def recall(pred, gt) -> float:
+    """Recall (sensitivity) TP / (TP + FN); 0 when the denominator is 0."""
+    return _recall_of(*confusion(pred, gt))
+
+
+def specificity(pred, gt) -> float:
+    """Specificity TN / (TN + FP); 0 when the denominator is 0."""
+    return _specificity_of(*confusion(pred, gt))
+
+
+def iou(pred, gt) -> float:
+    """Intersection over union TP / (TP + FP + FN); 0 when the denominator is 0."""
+    return _iou_of(*confusion(pred, gt))
+
+
+def accuracy(pred, gt) -> float:
+    """Pixel accuracy (TP + TN) / N; 0 for an empty image."""
+    return _accuracy_of(*confusion(pred, gt))
 
 
 def rand_index(pred, gt) -> float:
@@ -217,16 +243,8 @@ def slice_metrics(pred, gt, spacing=None, hd95_mode: str = "max") -> dict:
     """
     _check_hd_args(95, hd95_mode)
     p, g = _pair(pred, gt)
-    tp, fp, fn, tn = confusion(p, g)
-    out = {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "iou": _ratio(tp, tp + fp + fn),
-        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-        "rand_index": _rand_from_counts(tp, fp, fn, tn),
-    }
+    counts = confusion(p, g)
+    out = {key: formula(*counts) for key, formula in _FROM_COUNTS.items()}
     # One pair of distance transforms serves both hd and hd95.
     d = _directed_distances(p, g, spacing)
     if isinstance(d, str):
@@ -234,6 +252,7 @@ def slice_metrics(pred, gt, spacing=None, hd95_mode: str = "max") -> dict:
     else:
         out["hd"] = _reduce_hausdorff(d[0], d[1], None, "max")
         out["hd95"] = _reduce_hausdorff(d[0], d[1], 95, hd95_mode)
+    tp, fp, fn, _ = counts
     out["empty_gt"] = tp + fn == 0
     out["empty_pred"] = tp + fp == 0
     return out

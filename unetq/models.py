@@ -4,31 +4,40 @@
                  -> up + cat(enc3) -> dec3 -> up + cat(enc2) -> dec2 -> up + cat(enc1) -> dec1 -> head
 
 Every block is two times [3x3 conv -> activation -> BatchNorm -> (dropout) -> activation quantizer].
-enc1's two convs and the 1x1-free 3x3 head stay float; the other 12 convs are quantized. At base
-width 64 the network has 4,837,249 trainable parameters. It returns logits.
+enc1's two convs and the 3x3 head are plain ``nn.Conv2d`` (float); the other 12 convs are
+:class:`~unetq.layers.QuantConv2d`, so ``isinstance(m, QuantConv2d)`` tells a quantized conv from a
+float one everywhere. At base width 64 the network has 4,837,249 trainable parameters. It returns logits.
+
+:func:`build_model` takes a config that is already validated (a :class:`unetq.config.Config`, or a
+mapping made by :func:`validate_model_keys`); it does not check values again.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import COMMON_FIELDS, Config, validate
 from .layers import FLOAT, ActivationQuantizer, QuantConv2d, QuantFormat, TernaryTanh, make_activation
 
 
 class Block(nn.Sequential):
-    """Two [conv -> activation -> BatchNorm -> (Dropout2d) -> activation quantizer] stages."""
+    """Two [conv -> activation -> BatchNorm -> (Dropout2d) -> activation quantizer] stages. With
+    ``weights=None`` the convs are plain float ``nn.Conv2d`` (the first block), else QuantConv2d."""
 
-    def __init__(self, cin: int, cout: int, weights: QuantFormat, acts: QuantFormat, activation: str,
+    def __init__(self, cin: int, cout: int, weights: QuantFormat | None, acts: QuantFormat, activation: str,
                  dropout: bool):
         layers = OrderedDict()
         for k, c in ((1, cin), (2, cout)):
-            layers[f"conv{k}"] = QuantConv2d(c, cout, weights)
+            # the same 3x3 / padding 1 conv either way: same parameters, same init draws
+            layers[f"conv{k}"] = (nn.Conv2d(c, cout, 3, padding=1) if weights is None
+                                  else QuantConv2d(c, cout, weights))
             layers[f"act{k}"] = make_activation(activation)
             layers[f"bn{k}"] = nn.BatchNorm2d(cout, momentum=0.1)
             if dropout:
@@ -52,7 +61,7 @@ class UNet(nn.Module):
             return Block(cin, cout, fmt, acts, act, dropout)
 
         # first block: float convs, quantized activations (ReLU there with "relu": the original GM model)
-        self.enc1 = block(1, w1, FLOAT, activation if first_block_activation == "same" else first_block_activation)
+        self.enc1 = block(1, w1, None, activation if first_block_activation == "same" else first_block_activation)
         self.enc2 = block(w1, w2)
         self.enc3 = block(w2, w4)
         self.bottom = block(w4, w4)
@@ -61,12 +70,12 @@ class UNet(nn.Module):
         self.dec1 = block(w2 + w1, w1)
         self.head = nn.Conv2d(w1, 1, kernel_size=3, padding=1)
         self.weight_format, self.activation_format = weights, acts
+        self.init_type = init_type          # recorded so that a model can describe itself (unetq.export)
         self._init_quantized(init_type)
 
     def quantized_convs(self) -> list[tuple[str, QuantConv2d]]:
         """The 12 convs whose weights are quantized (named as in the state dict)."""
-        return [(n, m) for n, m in self.named_modules()
-                if isinstance(m, QuantConv2d) and not n.startswith("enc1.")]
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, QuantConv2d)]
 
     def _init_quantized(self, init_type: str) -> None:
         """U(-1, 1) weights and zero bias on the quantizable convs (what the original did when it
@@ -116,24 +125,22 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 MODEL_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width", "activation_f_width",
               "fixed_mode", "activation", "dropout", "init_type", "base_width", "first_block_activation")
+# the documented default of each model key (unetq.config), for a mapping that leaves a key out
+_DEFAULTS = {f.name: f.default for f in COMMON_FIELDS if f.name in MODEL_KEYS}
 
 
-def model_options(config: Any) -> dict:
-    """The model keys of a config (a :class:`unetq.config.Config` or a plain mapping of YAML keys),
-    validated and with missing keys at their documented defaults."""
-    from .config import COMMON_FIELDS, ConfigError, check_formats
+def validate_model_keys(raw: Mapping[str, Any], source: Path | None = None) -> Config:
+    """The model keys of a plain mapping (a checkpoint's recorded config, a run's config.yaml, a packed
+    file's header, a YAML section with overrides) validated by :func:`unetq.config.validate`; the
+    other keys are left out, since they need the dataset's own fields and do not change the network.
+    Raises ConfigError naming ``source``."""
+    return validate({k: v for k, v in raw.items() if str(k).lower() in MODEL_KEYS}, source=source)
 
-    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    fields = {f.name: f for f in COMMON_FIELDS}
-    opts = {}
-    for key in MODEL_KEYS:
-        value = raw.get(key, fields[key].default)
-        try:
-            opts[key] = fields[key].parse(value)
-        except ValueError as err:
-            raise ConfigError(f"model key {key!r}: {value!r} {err}; allowed: {fields[key].allowed()}") from None
-    check_formats(opts, "model options")
-    return opts
+
+def model_options(config: Config | Mapping[str, Any]) -> dict:
+    """The model keys of a validated config (a :class:`unetq.config.Config` or a mapping of validated
+    values); a key it leaves out takes its documented default. Nothing is checked here."""
+    return {key: config.get(key, _DEFAULTS[key]) for key in MODEL_KEYS}
 
 
 def formats(opts: Mapping[str, Any]) -> tuple[QuantFormat, QuantFormat]:
@@ -144,9 +151,11 @@ def formats(opts: Mapping[str, Any]) -> tuple[QuantFormat, QuantFormat]:
     return weights, acts
 
 
-def build_model(config: Any) -> UNet:
-    """The U-Net for a config (a Config or a dict of the YAML keys: quantization, the four widths,
-    fixed_mode, activation, dropout, init_type, base_width; missing keys take their defaults)."""
+def build_model(config: Config | Mapping[str, Any]) -> UNet:
+    """The U-Net for a validated config: a :class:`unetq.config.Config`, or a mapping the caller
+    validated (:func:`validate_model_keys` for recorded or hand-written keys). Missing model keys
+    take their defaults; values are used as they are (validation happens once, where the config is
+    read)."""
     opts = model_options(config)
     weights, acts = formats(opts)
     return UNet(weights, acts, activation=opts["activation"], dropout=opts["dropout"],

@@ -76,6 +76,7 @@ def open_writer(enabled: bool, folder: Path, is_main: bool, log_line, start_epoc
     if not enabled or not is_main:
         return Board()
     try:
+        # tensorboard is optional (a run goes on without it): imported here, where its absence is handled
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         log_line(f"note: tensorboard is not installed, so no event files are written ({INSTALL_HINT}; "

@@ -13,7 +13,7 @@ from .. import checkpoint
 from ..config import Config, ConfigError, validate
 from ..data import DataError
 from ..engine import overlay_indices
-from ..figures import overlay_rgb, panel_grid, plt, save_figure
+from ..figures import new_figure, overlay_rgb, panel_grid, save_figure
 from ..models import build_model
 from ..paths import BASES, base_module
 from ..runlog import CONFIG_NAME
@@ -23,7 +23,8 @@ from .runs import NOT_PAPER, ResultsError, options_of, read_run, setting_label
 def plot_dice_vs_bits(labels, datasets, cells, path: Path) -> None:
     """Best Dice against weight bits, one panel per dataset: filled dots at the paper's count, a
     grey bar to the exact count, crosses for Dice at 0.5."""
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
+    fig = new_figure((5.5 * len(datasets), 4.2))
+    axes = fig.subplots(1, len(datasets), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for label in labels:
             cell = cells.get((label, d))
@@ -36,8 +37,8 @@ def plot_dice_vs_bits(labels, datasets, cells, path: Path) -> None:
                 ax.scatter([x], [cell["dice"]], zorder=2)
                 ax.annotate(label + (f" {NOT_PAPER}" if cell["paper_protocol"] != "yes" else ""), (x, cell["dice"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
-            if cell["dice05"] != "":
-                ax.scatter([x], [cell["dice05"]], marker="x", color="k", zorder=2)
+            if cell["dice_05"] != "":
+                ax.scatter([x], [cell["dice_05"]], marker="x", color="k", zorder=2)
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
         ax.set_xlabel("weight bits (dot: paper count; grey bar: to the exact count)")
@@ -50,7 +51,8 @@ def plot_dice_vs_bits(labels, datasets, cells, path: Path) -> None:
 
 def plot_curves(labels, dataset: str, cells, entries_by_run: dict, path: Path) -> None:
     """Validation Dice (threshold and 0.5) and validation loss per epoch, one line per run."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = new_figure((15, 4))
+    axes = fig.subplots(1, 3)
     for label in labels:
         cell = cells.get((label, dataset))
         entry = entries_by_run.get(cell["run"]) if cell else None

@@ -16,7 +16,7 @@ import yaml
 
 from .. import checkpoint, memory
 from ..config import ConfigError
-from ..models import build_model, formats, model_options
+from ..models import build_model, formats, model_options, validate_model_keys
 from ..runlog import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, read_metrics
 
 DATASETS = ("em", "gm", "nih")
@@ -129,7 +129,7 @@ def options_of(entry: Entry) -> dict | None:
     if not entry.config:
         return None
     try:
-        return model_options(entry.config)
+        return model_options(validate_model_keys(entry.config))
     except ConfigError as err:
         entry.notes.append(f"config invalid ({err})")
         return None
@@ -234,9 +234,9 @@ def cell_of(entry: Entry, opts: dict | None) -> dict:
     cell = {
         "run": str(entry.folder), "experiment": entry.name, "status": status,
         "dice": _round(dice), "dice_epoch": dice_epoch or "", "threshold": cfg.get("threshold", s.get("threshold", "")),
-        "delta": "", "dice05": _round(d05), "dice05_epoch": d05_epoch or "", "delta05": "",
+        "delta": "", "dice_05": _round(d05), "dice_05_epoch": d05_epoch or "", "delta_05": "",
         "hd95": _round(hd95), "hd95_05": _round(d05_row.get("hd95_05") if d05_row else None),
-        "dice_bg": _round(bg), "dice_bg05": _round(bg05),
+        "dice_bg": _round(bg), "dice_bg_05": _round(bg05),
         "hd95_unit": HD_UNIT.get(entry.dataset, ""),
         "data_source": source or "", "epochs_done": epochs_done, "num_epochs": num_epochs, "base_width": base_width,
         # an interrupted or still running run at the paper's settings is not a paper number either
@@ -294,7 +294,7 @@ def build_table(entries: Sequence[Entry]) -> tuple[list[str], list[str], dict]:
         for (label, d), cell in cells.items():
             if d != dataset or not ref:
                 continue
-            for key, delta in (("dice", "delta"), ("dice05", "delta05")):
+            for key, delta in (("dice", "delta"), ("dice_05", "delta_05")):
                 if isinstance(cell[key], float) and isinstance(ref[key], float):
                     cell[delta] = round(cell[key] - ref[key], 2)
             same = all(cell[k] == ref[k] for k in ("data_source", "base_width", "num_epochs"))

@@ -10,7 +10,7 @@ from .. import memory
 from .runs import NOT_PAPER, OTHER_PROTOCOL, HD_UNIT
 
 CSV_FIELDS = ("run", "experiment", "status", "dice", "dice_epoch", "threshold", "delta", "delta_same_protocol",
-              "dice05", "dice05_epoch", "delta05", "hd95", "hd95_05", "dice_bg", "dice_bg05", "hd95_unit", "weights",
+              "dice_05", "dice_05_epoch", "delta_05", "hd95", "hd95_05", "dice_bg", "dice_bg_05", "hd95_unit", "weights",
               "w_bits_paper", "w_bits_honest", "w_bits_exact", "a_bits_paper", "a_bits_honest", "a_bits_exact",
               "mem_float32_mib", "mem_paper_mib", "mem_honest_mib", "mem_exact_mib", "exact_bits_from", "data_source", "epochs_done", "num_epochs",
               "base_width", "paper_protocol", "notes")
@@ -79,9 +79,9 @@ def details_markdown(labels, datasets, cells) -> str:
                 continue
             detail.append([label, _dice_text(cell), cell["threshold"], _delta_text(cell),
                            cell["hd95"] if cell["hd95"] != "" else "—",
-                           _dice_text(cell, "dice05", "dice05_epoch"), _delta_text(cell, "delta05"),
+                           _dice_text(cell, "dice_05", "dice_05_epoch"), _delta_text(cell, "delta_05"),
                            cell["hd95_05"] if cell["hd95_05"] != "" else "—",
-                           *([_pair(cell, "dice_bg", "dice_bg05")] if d == "em" else []),
+                           *([_pair(cell, "dice_bg", "dice_bg_05")] if d == "em" else []),
                            cell.get("weights", ""),
                            _triple(cell, "w_bits"), _triple(cell, "a_bits"), _triple(cell, "mem", "_mib", ".3f"),
                            _protocol_text(cell), f"`{cell['run']}`" + (f" ({cell['notes']})" if cell["notes"] else "")])
