@@ -159,9 +159,11 @@ COMMON_FIELDS: tuple[Field, ...] = (
           "(PyTorch's default on every conv: what the original ran for Normal)", choices=("uniform", "glorot", "torch")),
     Field("quantization", "choice", "normal", "normal | fixed | int | bnn | ternary",
           choices=("normal", "fixed", "int", "bnn", "ternary")),
-    Field("activation_i_width", help="activation integer bits (INT: the bit count n)", **_WIDTH),
+    Field("activation_i_width", help="activation integer bits i of Qi.f (INT: the bit count n; the f width is then unused)",
+          **_WIDTH),
     Field("activation_f_width", help="activation fraction bits", **_WIDTH),
-    Field("weight_i_width", help="weight integer bits (INT: the bit count n)", **_WIDTH),
+    Field("weight_i_width", help="weight integer bits i of Qi.f (INT: the bit count n; the f width is then unused)",
+          **_WIDTH),
     Field("weight_f_width", help="weight fraction bits", **_WIDTH),
     Field("gpu_core_num", "int", 0, "CUDA device index (CPU is used, with a notice, when CUDA is absent)",
           low=0, high=1024),
@@ -374,7 +376,7 @@ def _check_combinations(v: dict, source: Path | None) -> None:
 
 def check_formats(v: Mapping[str, Any], where: str = "config") -> None:
     """The bit-width rules that involve two keys (FIXED: 1 <= i + f <= 23; INT: n >= 1), raised as a
-    ConfigError naming ``where``. Shared by the config loader and :func:`unetq.models.model_options`."""
+    ConfigError naming ``where`` (part of :func:`validate`)."""
     if v["quantization"] == "fixed":
         for role in ("weight", "activation"):
             i, f = v[f"{role}_i_width"], v[f"{role}_f_width"]

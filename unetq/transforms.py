@@ -45,8 +45,8 @@ class Compose:
         return image, mask
 
     def describe(self) -> str:
-        """One line naming the transforms and their parameters (for the run log)."""
-        return " -> ".join(repr(t) for t in self.transforms) or "none"
+        """One line naming the transforms in order (for the run log; their parameters are in the code)."""
+        return " -> ".join(type(t).__name__ for t in self.transforms) or "none"
 
 
 @dataclass(frozen=True)
