@@ -4,10 +4,8 @@ A config file holds one or more top-level sections (the paper used ``UNET``); ``
 Inside it, the paper's keys (dataset, lr, num_epochs, model_type, init_type, quantization, the four
 widths, gpu_core_num, trained_model, experiment_name, log_output_dir, operation_mode, activation,
 dropout) plus our additions, each with a documented default (``python -m unetq.config`` prints the
-table; ``--markdown`` prints docs/config.md, every BASE's keys included). Values of choice keys are case-insensitive, as in the original.
-
-Precedence: default (the dataset's recipe, :data:`RECIPES`, where it has one) < the YAML file <
-``-o key=value``.
+table, ``--markdown`` docs/config.md). Values of choice keys are case-insensitive, as in the original.
+Precedence: default (the dataset's recipe, :data:`RECIPES`) < the YAML file < ``-o key=value``.
 Every problem raises :class:`ConfigError` with one line naming the file, the key, the bad value and
 what is allowed; nothing is written before the whole config has been validated.
 """
