@@ -229,3 +229,22 @@ def test_experiment_name_cannot_leave_the_run_folder(tmp_path, capsys, name):
     code, err = run(tmp_path / "exp", {**TINY, "experiment_name": name}, capsys)
     assert code == 2 and "experiment_name" in err and "plain folder name" in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "exp"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # the drop is the point
+def test_a_stop_lost_in_a_finalizer_still_stops_the_loop():
+    """A signal whose exception fires inside a finalizer (garbage collection of a matplotlib figure,
+    say) is dropped by Python ("Exception ignored in ..."); the loop's check_stop raises it again."""
+    from unetq.session import Interrupted, check_stop, interrupts_from_signals
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)     # the handler runs here; its exception is ignored
+
+    with interrupts_from_signals():
+        check_stop()                                 # nothing received yet: no stop
+        obj = Finalized()
+        del obj
+        with pytest.raises(Interrupted, match="received SIGTERM"):
+            check_stop()
+    check_stop()                                     # outside a run the record is cleared

@@ -161,8 +161,8 @@ def test_gpu_slots_map_into_the_inherited_device_list():
 
 @pytest.mark.parametrize("gpus", [2, 0])
 def test_children_get_their_gpu_or_their_share_of_the_cores(gpus, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sweep, "_gpu_count", lambda: gpus)
-    monkeypatch.setattr(sweep, "_cores", lambda: 8)
+    monkeypatch.setattr(sweep_runner, "_gpu_count", lambda: gpus)
+    monkeypatch.setattr(sweep_runner, "_cores", lambda: 8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     seen = {}
@@ -171,7 +171,7 @@ def test_children_get_their_gpu_or_their_share_of_the_cores(gpus, tmp_path, monk
         seen[job.name] = env
         return 0
 
-    monkeypatch.setattr(sweep, "_call", fake_call)
+    monkeypatch.setattr(sweep_runner, "_call", fake_call)
     jobs = [sweep.Job(tmp_path / "em" / n, "em_unet.py", tmp_path / "runs" / n) for n in ("a", "b", "c")]
     assert sweep_runner.run_all(jobs, [], 4, "UNET").failures == []
     if gpus:

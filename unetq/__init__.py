@@ -33,7 +33,8 @@ Tools:
     memory          bit accounting of a quantized model
     export          the packed model file (.uqp)
     intref          the integer-only reference forward pass
-    onnx_export     ONNX / QCDQ / QONNX export and its check (onnx_graph: the graph builder)
+    onnx_export     ONNX / QCDQ / QONNX export and its check
+    onnx_graph      the ONNX graph of a quantized U-Net (reference, QCDQ, QONNX flavours)
     original        the original repository's configs and checkpoints
     convert         an original checkpoint into this project's format
     bench           speed of the quantizers, the training step and the data pipeline

@@ -272,6 +272,7 @@ class Session:
         quiet_console = bar.disable and self.world.is_main and self._echo
         last = time.perf_counter()
         for k, batch in enumerate(bar, start=1):
+            check_stop()
             yield (batch["image"].to(self.device, non_blocking=True, memory_format=fmt),
                    batch["mask"].to(self.device, non_blocking=True))
             if quiet_console and time.perf_counter() - last >= PROGRESS_EVERY_S:
@@ -296,6 +297,7 @@ class Session:
     def end_epoch(self, epoch: int, lr: float, train_loss: float, metrics: dict, kept: list) -> None:
         """Record one epoch: the log line, the metrics.csv row, TensorBoard, last.pt (and best.pt on a strictly
         greater Dice at the configured threshold), summary.json, the curves and, now and then, overlays."""
+        check_stop()
         cfg, log = self.cfg, self.log
         row = {"epoch": epoch, "time_s": time.perf_counter() - self._epoch_started, "lr": lr,
                "train_loss": train_loss, **metrics, "data_source": self.data.source}
@@ -413,6 +415,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[str] = []        # the stop this process received during the current run (its message)
+
+
+def check_stop() -> None:
+    """Raise :class:`Interrupted` when a stop signal arrived but its exception was lost. Python drops an
+    exception raised while a finalizer runs (e.g. matplotlib's, during garbage collection: "Exception
+    ignored in ..."), so the loop asks at every batch and epoch: the run stops there instead of training on."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextlib.contextmanager
@@ -425,16 +436,20 @@ def interrupts_from_signals():
         yield
         return
     seen = []
+    _received.clear()
 
     def handler(signum, frame):
         if seen:
             return
         seen.append(signum)
-        raise Interrupted("" if signum == signal.SIGINT else f"received {signal.Signals(signum).name}")
+        message = "" if signum == signal.SIGINT else f"received {signal.Signals(signum).name}"
+        _received.append(message)
+        raise Interrupted(message)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
+        _received.clear()
         for sig, old in previous.items():
             signal.signal(sig, old)
