@@ -274,6 +274,20 @@ def test_seeds_make_one_row_with_mean_sd_and_welch_interval(seeds):
     assert "EM seed noise" in head and "**EM**: threshold 0.999 (the runs' own)" in head
 
 
+def test_every_seed_keeps_its_own_details_line_and_csv_row(seeds):
+    """Seeds of one setting share a folder name in different folders; none may overwrite another."""
+    root, out, _ = seeds
+    with open(out / "results.csv", newline="") as fh:
+        runs = [r["em_run"] for r in csv.DictReader(fh)]
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "out")
+    assert len(runs) == len(set(runs)) == len(folders)
+    details = (out / "results.md").read_text().split("#### EM: details")[1]
+    names = [r.split(" | ")[0].strip("| ") for r in details.splitlines() if r.startswith("| ") and " --- " not in r]
+    # the preferred run of a setting keeps its name; the other seeds say which seed they are
+    assert sum(n.startswith("full precision — seed ") for n in names) == len(FP_BEST) - 1
+    assert len(names) - 1 == len(set(names)) - 1 == len(folders)      # minus the header line
+
+
 def test_unfinished_runs_are_listed_never_shown(seeds):
     _, out, t = seeds
     assert all("a6_s9" not in r["experiments"] and "a6_s8" not in r["experiments"] for r in t.values())

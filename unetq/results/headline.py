@@ -22,24 +22,16 @@ Rules (stated again under the table it writes):
 from __future__ import annotations
 
 import csv
-import functools
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..config import COMMON_FIELDS, RUN_ONLY_KEYS
-from ..paths import BASES, base_module
-from .runs import (DATASETS, NOT_PAPER, OTHER_PROTOCOL, Entry, _best, _order_key, canonical_name, cell_of,
-                   options_of, setting_label)
+from .runs import (DATASETS, NOT_PAPER, OTHER_PROTOCOL, PROTOCOL_KEYS, SETTING_KEYS, Entry, _best, _order_key,
+                   canonical_name, cell_of, comparable_config, differing_keys, options_of, setting_label)
 from .stats import Difference, pooled_sd, summarize, welch
 
-NOT_COMPARED = RUN_ONLY_KEYS | {"seed", "experiment_name", "trained_model"}
-# keys that make the setting itself (the row name), not the protocol around it
-SETTING_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
-                "fixed_mode", "activation")
-PROTOCOL_KEYS = ("data_source", "base_width", "num_epochs")
 LAST_EPOCHS = 10
 # a run "never saturated" at its threshold when its last epoch scores less than this share of its
 # Dice at 0.5, and at least MIN_LEARNED at 0.5 (a run that learned nothing at 0.5 either is a failed
@@ -100,26 +92,6 @@ def finished(entry: Entry) -> bool:
             and isinstance(planned, int) and s.get("epochs_done", 0) >= planned)
 
 
-@functools.lru_cache(maxsize=None)
-def _defaults(dataset: str) -> dict:
-    """Every config key of ``dataset`` at its default (the common keys and its BASE's)."""
-    fields = list(COMMON_FIELDS)
-    if dataset in BASES:
-        fields += list(getattr(base_module(dataset), "FIELDS", ()))
-    return {f.name: f.default for f in fields}
-
-
-def comparable_config(entry: Entry) -> dict:
-    """The run's config without the keys seeds of one setting may differ in; a key it lacks (older
-    code: added since) at its default; ``num_epochs`` as the summary records it (a resume may
-    have extended the run)."""
-    cfg = {**_defaults(entry.dataset), **entry.config}
-    cfg = {k: v for k, v in cfg.items() if k not in NOT_COMPARED}
-    if "num_epochs" in entry.summary:
-        cfg["num_epochs"] = entry.summary["num_epochs"]
-    return cfg
-
-
 def group_runs(entries: Sequence[Entry]) -> tuple[list[Group], list[Entry], list[Entry]]:
     """(groups of finished runs, runs not finished, experiments without a run)."""
     groups: list[Group] = []
@@ -132,7 +104,7 @@ def group_runs(entries: Sequence[Entry]) -> tuple[list[Group], list[Entry], list
             not_finished.append(entry)
             continue
         cfg = comparable_config(entry)
-        same = next((g for g in groups if g.dataset == entry.dataset and not _differing(g.config, cfg)), None)
+        same = next((g for g in groups if g.dataset == entry.dataset and not differing_keys(g.config, cfg)), None)
         if same is not None:
             same.entries.append(entry)
         else:
@@ -140,12 +112,6 @@ def group_runs(entries: Sequence[Entry]) -> tuple[list[Group], list[Entry], list
             groups.append(Group(entry.dataset, setting_label(opts, entry.dataset, entry.name), [entry], cfg,
                                 cell_of(entry, opts)))
     return groups, not_finished, not_run
-
-
-def _differing(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
-    """Keys whose values differ between two configs (protocol keys first), ``skip`` aside."""
-    return [k for k in sorted(set(a) | set(b), key=lambda k: (k not in PROTOCOL_KEYS, k))
-            if k not in skip and a.get(k) != b.get(k)]
 
 
 def _preference(group: Group) -> tuple:
@@ -165,7 +131,7 @@ def name_rows(groups: Sequence[Group]) -> None:
         items.sort(key=_preference, reverse=True)
         items[0].row = items[0].label
         for g in items[1:]:
-            keys = _differing(g.config, items[0].config)
+            keys = differing_keys(g.config, items[0].config)
             text = ", ".join(f"{k} {g.config.get(k, DASH)}" for k in keys[:3]) + (" …" if len(keys) > 3 else "")
             g.row = f"{g.label} — {text or g.entries[0].name}"
 
@@ -181,7 +147,7 @@ def link_references(groups: Sequence[Group]) -> None:
 
         def distance(r: Group) -> tuple:
             protocol = any(g.config.get(k) != r.config.get(k) for k in PROTOCOL_KEYS)
-            return protocol, len(_differing(g.config, r.config, SETTING_KEYS)), -len(r.entries)
+            return protocol, len(differing_keys(g.config, r.config, SETTING_KEYS)), -len(r.entries)
 
         g.reference = min(refs, key=distance)
         g.same_protocol = not distance(g.reference)[0]

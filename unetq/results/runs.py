@@ -4,6 +4,7 @@ per run); the per-run table :func:`build_table`. See :mod:`unetq.results` for th
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -15,8 +16,9 @@ import torch
 import yaml
 
 from .. import checkpoint, memory
-from ..config import ConfigError
+from ..config import COMMON_FIELDS, RUN_ONLY_KEYS, ConfigError
 from ..models import build_model, formats, model_options, validate_model_keys
+from ..paths import BASES, base_module
 from ..runlog import CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, read_metrics
 
 DATASETS = ("em", "gm", "nih")
@@ -25,6 +27,12 @@ HD_UNIT = {"em": "px"}
 ORDER = ("full precision", "a8.8/w8.8", "a8.0/w0.8", "a6.0/w0.4", "a6.0/w0.2", "a4.0/w0.2", "a2.0/w0.2",
          "BNN", "Ternary")
 PAPER_PROTOCOL = {"data_source": "real", "base_width": 64, "num_epochs": 200}
+PROTOCOL_KEYS = ("data_source", "base_width", "num_epochs")
+# keys in which the seeds of one setting may differ
+NOT_COMPARED = RUN_ONLY_KEYS | {"seed", "experiment_name", "trained_model"}
+# keys that make the setting itself (the row name), not the protocol around it
+SETTING_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
+                "fixed_mode", "activation")
 # EM's "sample" source is the complete real ISBI 2012 training set, i.e. the paper's data; GM's and NIH's
 # samples are one scan each, not their data sets (docs/datasets.md)
 PAPER_DATA = {"em": ("real", "sample"), "gm": ("real",), "nih": ("real",)}
@@ -274,6 +282,48 @@ def _preference(label: str, cell: dict, entry: Entry) -> tuple:
             status_rank, cell["epochs_done"] if isinstance(cell["epochs_done"], int) else 0, mtime)
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(dataset: str) -> dict:
+    """Every config key of ``dataset`` at its default (the common keys and its BASE's)."""
+    fields = list(COMMON_FIELDS)
+    if dataset in BASES:
+        fields += list(getattr(base_module(dataset), "FIELDS", ()))
+    return {f.name: f.default for f in fields}
+
+
+def comparable_config(entry: Entry) -> dict:
+    """The run's config without the keys seeds of one setting may differ in; a key it lacks (older
+    code: added since) at its default; ``num_epochs`` as the summary records it (a resume may
+    have extended the run)."""
+    cfg = {**_defaults(entry.dataset), **entry.config}
+    cfg = {k: v for k, v in cfg.items() if k not in NOT_COMPARED}
+    if "num_epochs" in entry.summary:
+        cfg["num_epochs"] = entry.summary["num_epochs"]
+    return cfg
+
+
+def differing_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
+    """Keys whose values differ between two configs (protocol keys first), ``skip`` aside."""
+    return [k for k in sorted(set(a) | set(b), key=lambda k: (k not in PROTOCOL_KEYS, k))
+            if k not in skip and a.get(k) != b.get(k)]
+
+
+def _later_row_name(label: str, entry: Entry, first: Entry, taken) -> str:
+    """The row name of a run that is not its setting's preferred one: what its config differs in from
+    the preferred run's, seed included (``full precision — base_width 16, num_epochs 100, seed 1``),
+    then its folder name, then a number, until the name is free, so that no run is dropped."""
+    a, b = comparable_config(entry), comparable_config(first)
+    parts = [f"{k} {a.get(k, '—')}" for k in differing_keys(a, b)[:3]]
+    if entry.config.get("seed") != first.config.get("seed"):
+        parts.append(f"seed {entry.config.get('seed')}")
+    name = f"{label} — {', '.join(parts) or entry.name}"
+    for extra in ([entry.name] if parts else []) + [str(n) for n in range(2, len(taken) + 3)]:
+        if name not in taken:
+            break
+        name = f"{label} — {', '.join(parts + [extra]) if parts else entry.name + ', ' + extra}"
+    return name
+
+
 def build_table(entries: Sequence[Entry]) -> tuple[list[str], list[str], dict]:
     """(row labels in the paper's order, datasets present, {(label, dataset): cell})."""
     cells: dict = {}
@@ -285,8 +335,11 @@ def build_table(entries: Sequence[Entry]) -> tuple[list[str], list[str], dict]:
         by_key.setdefault((label, entry.dataset), []).append((cell, entry))
     for (label, dataset), items in by_key.items():
         items.sort(key=lambda item: _preference(label, *item), reverse=True)
+        taken = {label}
         for k, (cell, entry) in enumerate(items):
-            cells[(label if k == 0 else f"{label} — {entry.name}", dataset)] = cell
+            row = label if k == 0 else _later_row_name(label, entry, items[0][1], taken)
+            taken.add(row)
+            cells[(row, dataset)] = cell
     datasets = [d for d in DATASETS if any(k[1] == d for k in cells)]
     datasets += sorted({k[1] for k in cells} - set(datasets))
     for dataset in datasets:
