@@ -16,8 +16,8 @@ listed, never shown. Then one detail table per dataset, one line per run (:mod:`
 setting named from the run's resolved config: ``full precision``, ``a6.0/w0.4`` (FIXED activations
 Q6.0, weights Q0.4), ``INT a4/w4``, ``BNN``, ``Ternary``; `` [mode]`` is added when the fixed-point
 mode is not the dataset's usual one (EM: pow2, GM and NIH: paper, docs/method.md section 1),
-`` + dropout`` and `` (activation)`` when those differ from the usual; a second run of a setting is
-suffixed with its experiment name. Its columns: best validation Dice at the run's threshold (and its
+`` + dropout`` and `` (activation)`` when those differ from the usual; a setting's other runs are
+suffixed with what their config differs in, seed included. Its columns: best validation Dice at the run's threshold (and its
 epoch), its change against the full-precision run, best Dice at 0.5, HD95, EM's membrane Dice, weight
 and activation bits (paper / honest / exact, see unetq.memory), the model's memory, and the protocol
 (data source, epochs done / planned, base width, status). A run that is not the paper protocol (real
@@ -88,12 +88,11 @@ def run(folders: Sequence[str], out: str, latex_too: bool = False, overlays: Seq
     if latex_too:
         write_text_atomic(out_dir / "results.tex", latex(labels, datasets, cells))
         written.append(out_dir / "results.tex")
-    if plots:
-        plot_dice_vs_bits(labels, datasets, cells, out_dir / "dice_vs_bits.png")
+    if plots and table.datasets:                      # figures show finished runs only, like the headline
+        plot_dice_vs_bits(table, out_dir / "dice_vs_bits.png")
         written.append(out_dir / "dice_vs_bits.png")
-        by_run = {str(e.folder): e for e in entries}
-        for d in datasets:
-            plot_curves(labels, d, cells, by_run, out_dir / f"curves_{d}.png")
+        for d in table.datasets:
+            plot_curves(table, d, out_dir / f"curves_{d}.png")
             written.append(out_dir / f"curves_{d}.png")
     if od is not None:
         plot_overlays(od, out_dir / "overlays.png")
@@ -124,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     n_runs = sum(1 for c in result["cells"].values() if c["status"] != "no run")
-    print(f"{len(result['labels'])} settings, {n_runs} runs, datasets {', '.join(result['datasets'])}; wrote "
+    print(f"{len(result['headline'].rows)} headline rows, {n_runs} runs, datasets {', '.join(result['datasets'])}; wrote "
           + ", ".join(str(p) for p in result["written"]))
     return 0
 

@@ -17,58 +17,86 @@ from ..figures import new_figure, overlay_rgb, panel_grid, save_figure
 from ..models import build_model
 from ..paths import BASES, base_module
 from ..runlog import CONFIG_NAME
+from .headline import Headline
 from .runs import NOT_PAPER, ResultsError, options_of, read_run, setting_label
 
 
-def plot_dice_vs_bits(labels, datasets, cells, path: Path) -> None:
-    """Best Dice against weight bits, one panel per dataset: filled dots at the paper's count, a
-    grey bar to the exact count, crosses for Dice at 0.5."""
-    fig = new_figure((5.5 * len(datasets), 4.2))
-    axes = fig.subplots(1, len(datasets), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
-        for label in labels:
-            cell = cells.get((label, d))
-            if not cell or "w_bits_paper" not in cell:
-                continue
-            x = cell["w_bits_paper"]
-            exact = float(str(cell["w_bits_exact"]).split("-")[-1]) if cell["w_bits_exact"] != "" else x
-            if cell["dice"] != "":
-                ax.plot([x, exact], [cell["dice"]] * 2, color="0.7", lw=2, zorder=1)
-                ax.scatter([x], [cell["dice"]], zorder=2)
-                ax.annotate(label + (f" {NOT_PAPER}" if cell["paper_protocol"] != "yes" else ""), (x, cell["dice"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
-            if cell["dice_05"] != "":
-                ax.scatter([x], [cell["dice_05"]], marker="x", color="k", zorder=2)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
-        ax.set_xlabel("weight bits (dot: paper count; grey bar: to the exact count)")
-        ax.set_ylabel("best validation Dice (x100)")
-        ax.set_title(f"{d.upper()}: dots Dice@threshold, crosses Dice@0.5", fontsize=9)
-        ax.grid(alpha=0.3)
+def _marker_style(group, color) -> dict:
+    """Filled for the paper protocol, hollow for a reduced one (the tables' dagger)."""
+    paper = group.cell.get("paper_protocol") == "yes"
+    return {"color": color, "markerfacecolor": color if paper else "white", "markeredgecolor": color}
+
+
+def plot_dice_vs_bits(h: Headline, path: Path) -> None:
+    """The headline table as a dot plot, one panel per dataset: one line per row (in the table's order,
+    so by bits), the best-epoch Dice (dot, +- sd over seeds) and the last-10-epoch mean (diamond) at
+    the threshold the table uses; filled for the paper protocol, hollow for a reduced one."""
+    n_rows = max(len([r for r in h.rows if (r, d) in h.groups]) for d in h.datasets)
+    fig = new_figure((9 * len(h.datasets), 1.4 + 0.36 * n_rows))
+    axes = fig.subplots(1, len(h.datasets), squeeze=False)
+    for ax, d in zip(axes[0], h.datasets):
+        rows = [r for r in h.rows if (r, d) in h.groups]
+        for y, row in enumerate(rows):
+            g, nums = h.groups[(row, d)], h.numbers[(row, d)]
+            style = _marker_style(g, "C0" if g.cell.get("paper_protocol") == "yes" else "0.45")
+            if nums["best"]:
+                sd = float(np.std(nums["best"], ddof=1)) if len(nums["best"]) > 1 else 0.0
+                ax.errorbar([np.mean(nums["best"])], [y], xerr=[sd], fmt="o", capsize=3, **style)
+            if nums["last"]:
+                ax.plot([np.mean(nums["last"])], [y], "D", ms=5, alpha=0.8, **style)
+        bits = [f"{row}  ({h.groups[(row, d)].cell.get('w_bits_paper', '?')}/"
+                f"{h.groups[(row, d)].cell.get('a_bits_paper', '?')} bits)".replace(" — ", "\n— ") for row in rows]
+        ax.set_yticks(range(len(rows)), bits, fontsize=6.5)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Dice x100 at threshold {h.thresholds[d].value:g}")
+        ax.set_title(f"{d.upper()}: dot = best epoch (+- sd over seeds), diamond = last 10 epochs\n"
+                     f"filled = paper protocol, hollow = reduced ({NOT_PAPER})", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_curves(labels, dataset: str, cells, entries_by_run: dict, path: Path) -> None:
-    """Validation Dice (threshold and 0.5) and validation loss per epoch, one line per run."""
-    fig = new_figure((15, 4))
+def _zoom(ax, values: list) -> None:
+    """Y limits on where the curves settle (from the 5th percentile of the values after the first
+    tenth of training), so that early epochs do not flatten the differences."""
+    values = [v for v in values if np.isfinite(v)]
+    if values:
+        lo, hi = np.percentile(values, 5), max(values)
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1), hi + 0.1 * (hi - lo + 1))
+
+
+def plot_curves(h: Headline, dataset: str, path: Path) -> None:
+    """Per epoch, every finished run of ``dataset``: the Dice at the threshold the table uses (zoomed),
+    the Dice at the run's own threshold, and the validation loss (log scale). One colour per headline
+    row (its seeds share it); solid for the paper protocol, thin for a reduced one."""
+    thr = h.thresholds[dataset]
+    panels = [(thr.dice_key, f"Dice @ {thr.value:g} (x100, the table's)"), ("dice", "Dice @ run threshold (x100)"),
+              ("val_loss", "validation loss")]
+    rows = [r for r in h.rows if (r, dataset) in h.groups]
+    fig = new_figure((15, 4.2 + 0.2 * ((len(rows) + 2) // 3)))
     axes = fig.subplots(1, 3)
-    for label in labels:
-        cell = cells.get((label, dataset))
-        entry = entries_by_run.get(cell["run"]) if cell else None
-        if not entry or not entry.rows:
-            continue
-        epochs = [r["epoch"] for r in entry.rows]
-        for ax, key in zip(axes, ("dice", "dice_05", "val_loss")):
-            ax.plot(epochs, [r.get(key) if isinstance(r.get(key), (int, float)) else np.nan for r in entry.rows],
-                    label=label, lw=1.2)
-    for ax, name in zip(axes, ("Dice @ run threshold (x100)", "Dice @ 0.5 (x100)", "validation loss")):
+    settled = []
+    for k, row in enumerate(rows):
+        g = h.groups[(row, dataset)]
+        paper = g.cell.get("paper_protocol") == "yes"
+        for i, entry in enumerate(g.entries):
+            epochs = [r["epoch"] for r in entry.rows]
+            for ax, (key, _) in zip(axes, panels):
+                ys = [float(r[key]) if isinstance(r.get(key), (int, float)) else np.nan for r in entry.rows]
+                ax.plot(epochs, ys, color=f"C{k % 10}", lw=1.4 if paper else 0.7, ls="-" if k < 10 else "--",
+                        label=(f"{row}" + (f" ({len(g.entries)} seeds)" if len(g.entries) > 1 else "")
+                               + ("" if paper else f" {NOT_PAPER}")) if i == 0 and key == "val_loss" else None)
+                if key == thr.dice_key:
+                    settled += ys[len(ys) // 10:]
+    _zoom(axes[0], settled)
+    axes[2].set_yscale("log")
+    for ax, (_, name) in zip(axes, panels):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(f"{dataset.upper()}: training curves", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.02 + 0.033 * ((len(rows) + 2) // 3), 1, 1))
     save_figure(fig, path)
 
 
