@@ -21,9 +21,10 @@ from .headline import Headline
 from .runs import NOT_PAPER, ResultsError, options_of, read_run, setting_label
 
 
-def _marker_style(group, color) -> dict:
-    """Filled for the paper protocol, hollow for a reduced one (the tables' dagger)."""
+def _marker_style(group) -> dict:
+    """Filled blue for the paper protocol, hollow grey for a reduced one (the tables' dagger)."""
     paper = group.cell.get("paper_protocol") == "yes"
+    color = "C0" if paper else "0.45"
     return {"color": color, "markerfacecolor": color if paper else "white", "markeredgecolor": color}
 
 
@@ -38,7 +39,7 @@ def plot_dice_vs_bits(h: Headline, path: Path) -> None:
         rows = [r for r in h.rows if (r, d) in h.groups]
         for y, row in enumerate(rows):
             g, nums = h.groups[(row, d)], h.numbers[(row, d)]
-            style = _marker_style(g, "C0" if g.cell.get("paper_protocol") == "yes" else "0.45")
+            style = _marker_style(g)
             if nums["best"]:
                 sd = float(np.std(nums["best"], ddof=1)) if len(nums["best"]) > 1 else 0.0
                 ax.errorbar([np.mean(nums["best"])], [y], xerr=[sd], fmt="o", capsize=3, **style)
@@ -79,15 +80,15 @@ def plot_curves(h: Headline, dataset: str, path: Path) -> None:
     for k, row in enumerate(rows):
         g = h.groups[(row, dataset)]
         paper = g.cell.get("paper_protocol") == "yes"
+        name = row + (f" ({len(g.entries)} seeds)" if len(g.entries) > 1 else "") + ("" if paper else f" {NOT_PAPER}")
         for i, entry in enumerate(g.entries):
             epochs = [r["epoch"] for r in entry.rows]
             for ax, (key, _) in zip(axes, panels):
                 ys = [float(r[key]) if isinstance(r.get(key), (int, float)) else np.nan for r in entry.rows]
                 ax.plot(epochs, ys, color=f"C{k % 10}", lw=1.4 if paper else 0.7, ls="-" if k < 10 else "--",
-                        label=(f"{row}" + (f" ({len(g.entries)} seeds)" if len(g.entries) > 1 else "")
-                               + ("" if paper else f" {NOT_PAPER}")) if i == 0 and key == "val_loss" else None)
-                if key == thr.dice_key:
-                    settled += ys[len(ys) // 10:]
+                        label=name if i == 0 and ax is axes[0] else None)    # one legend entry per row
+            settled += [float(r[thr.dice_key]) for r in entry.rows[len(entry.rows) // 10:]
+                        if isinstance(r.get(thr.dice_key), (int, float))]
     _zoom(axes[0], settled)
     axes[2].set_yscale("log")
     for ax, (_, name) in zip(axes, panels):

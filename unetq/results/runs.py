@@ -311,16 +311,21 @@ def differing_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
 def _later_row_name(label: str, entry: Entry, first: Entry, taken) -> str:
     """The row name of a run that is not its setting's preferred one: what its config differs in from
     the preferred run's, seed included (``full precision — base_width 16, num_epochs 100, seed 1``),
-    then its folder name, then a number, until the name is free, so that no run is dropped."""
+    else its folder name; the folder name and then a number are added until the name is free, so
+    that no run is dropped."""
     a, b = comparable_config(entry), comparable_config(first)
     parts = [f"{k} {a.get(k, '—')}" for k in differing_keys(a, b)[:3]]
     if entry.config.get("seed") != first.config.get("seed"):
         parts.append(f"seed {entry.config.get('seed')}")
-    name = f"{label} — {', '.join(parts) or entry.name}"
-    for extra in ([entry.name] if parts else []) + [str(n) for n in range(2, len(taken) + 3)]:
-        if name not in taken:
-            break
-        name = f"{label} — {', '.join(parts + [extra]) if parts else entry.name + ', ' + extra}"
+    text = ", ".join(parts) or entry.name
+    name = f"{label} — {text}"
+    if name in taken and parts:
+        text = f"{text}, {entry.name}"
+        name = f"{label} — {text}"
+    n = 1
+    while name in taken:
+        n += 1
+        name = f"{label} — {text}, {n}"
     return name
 
 
