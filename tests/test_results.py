@@ -288,6 +288,18 @@ def test_every_seed_keeps_its_own_details_line_and_csv_row(seeds):
     assert len(names) - 1 == len(set(names)) - 1 == len(folders)      # minus the header line
 
 
+def test_seeds_in_folders_of_one_name_are_all_listed(tmp_path):
+    """The paper_protocol layout: seed<k>/full_precision, the same experiment name in every seed."""
+    for s in range(3):
+        curve_run(tmp_path / f"seed{s}" / "full_precision", seed=s, dice=ramp(90.0 + s), dice05=ramp(91.0 + s))
+    out = tmp_path / "out"
+    assert results.main([str(tmp_path), "--out", str(out), "--no-plots"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        rows = {r["setting"]: r["em_run"] for r in csv.DictReader(fh)}
+    assert len(rows) == len(set(rows.values())) == 3
+    assert sum(name.startswith("full precision — seed ") for name in rows) == 2
+
+
 def test_unfinished_runs_are_listed_never_shown(seeds):
     _, out, t = seeds
     assert all("a6_s9" not in r["experiments"] and "a6_s8" not in r["experiments"] for r in t.values())
