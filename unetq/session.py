@@ -435,13 +435,11 @@ def interrupts_from_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    seen = []
     _received.clear()
 
     def handler(signum, frame):
-        if seen:
+        if _received:                            # the first stop counts; a second one is not a new stop
             return
-        seen.append(signum)
         message = "" if signum == signal.SIGINT else f"received {signal.Signals(signum).name}"
         _received.append(message)
         raise Interrupted(message)

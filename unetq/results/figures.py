@@ -32,11 +32,11 @@ def plot_dice_vs_bits(h: Headline, path: Path) -> None:
     """The headline table as a dot plot, one panel per dataset: one line per row (in the table's order,
     so by bits), the best-epoch Dice (dot, +- sd over seeds) and the last-10-epoch mean (diamond) at
     the threshold the table uses; filled for the paper protocol, hollow for a reduced one."""
-    n_rows = max(len([r for r in h.rows if (r, d) in h.groups]) for d in h.datasets)
+    n_rows = max(len(h.rows_of(d)) for d in h.datasets)
     fig = new_figure((9 * len(h.datasets), 1.4 + 0.36 * n_rows))
     axes = fig.subplots(1, len(h.datasets), squeeze=False)
     for ax, d in zip(axes[0], h.datasets):
-        rows = [r for r in h.rows if (r, d) in h.groups]
+        rows = h.rows_of(d)
         for y, row in enumerate(rows):
             g, nums = h.groups[(row, d)], h.numbers[(row, d)]
             style = _marker_style(g)
@@ -73,7 +73,7 @@ def plot_curves(h: Headline, dataset: str, path: Path) -> None:
     thr = h.thresholds[dataset]
     panels = [(thr.dice_key, f"Dice @ {thr.value:g} (x100, the table's)"), ("dice", "Dice @ run threshold (x100)"),
               ("val_loss", "validation loss")]
-    rows = [r for r in h.rows if (r, dataset) in h.groups]
+    rows = h.rows_of(dataset)
     fig = new_figure((15, 4.2 + 0.2 * ((len(rows) + 2) // 3)))
     axes = fig.subplots(1, 3)
     settled = []

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .runs import (DATASETS, NOT_PAPER, OTHER_PROTOCOL, PROTOCOL_KEYS, SETTING_KEYS, Entry, _best, _order_key,
-                   canonical_name, cell_of, comparable_config, differing_keys, options_of, setting_label)
+                   canonical_name, cell_of, comparable_config, differing_keys, differs_text, options_of,
+                   setting_label)
 from .stats import Difference, pooled_sd, summarize, welch
 
 LAST_EPOCHS = 10
@@ -78,6 +79,10 @@ class Headline:
     numbers: dict                    # (row, dataset) -> {"best": [...], "epochs": [...], "last": [...], "bg": [...]}
     not_finished: list = field(default_factory=list)
     not_run: list = field(default_factory=list)
+
+    def rows_of(self, dataset: str) -> list:
+        """The rows with a cell in ``dataset``, in the table's order."""
+        return [r for r in self.rows if (r, dataset) in self.groups]
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +136,7 @@ def name_rows(groups: Sequence[Group]) -> None:
         items.sort(key=_preference, reverse=True)
         items[0].row = items[0].label
         for g in items[1:]:
-            keys = differing_keys(g.config, items[0].config)
-            text = ", ".join(f"{k} {g.config.get(k, DASH)}" for k in keys[:3]) + (" …" if len(keys) > 3 else "")
-            g.row = f"{g.label} — {text or g.entries[0].name}"
+            g.row = f"{g.label} — {differs_text(g.config, items[0].config) or g.entries[0].name}"
 
 
 def link_references(groups: Sequence[Group]) -> None:

@@ -308,13 +308,19 @@ def differing_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
             if k not in skip and a.get(k) != b.get(k)]
 
 
+def differs_text(a: dict, b: dict) -> str:
+    """The first three keys in which config ``a`` differs from ``b``, with ``a``'s values
+    (``base_width 16, num_epochs 100``); empty when none differ."""
+    keys = differing_keys(a, b)
+    return ", ".join(f"{k} {a.get(k, '—')}" for k in keys[:3]) + (" …" if len(keys) > 3 else "")
+
+
 def _later_row_name(label: str, entry: Entry, first: Entry, taken) -> str:
     """The row name of a run that is not its setting's preferred one: what its config differs in from
     the preferred run's, seed included (``full precision — base_width 16, num_epochs 100, seed 1``),
     else its folder name; the folder name and then a number are added until the name is free, so
     that no run is dropped."""
-    a, b = comparable_config(entry), comparable_config(first)
-    parts = [f"{k} {a.get(k, '—')}" for k in differing_keys(a, b)[:3]]
+    parts = [p for p in [differs_text(comparable_config(entry), comparable_config(first))] if p]
     if entry.config.get("seed") != first.config.get("seed"):
         parts.append(f"seed {entry.config.get('seed')}")
     text = ", ".join(parts) or entry.name
