@@ -337,6 +337,16 @@ def test_a_dataset_whose_outputs_never_saturate_falls_back_to_half(tmp_path):
     assert float(t["a6.0/w0.4"]["best_mean"]) == pytest.approx(81.0)           # every EM cell at 0.5
 
 
+def test_the_accident_example_names_its_row_with_its_protocol(tmp_path):
+    # two full-precision rows: the first saturates at 0.999, the one at another lr never does; the note's
+    # example must say which of the two it is, not just "full precision"
+    curve_run(tmp_path / "fp", dice=ramp(92.0), dice05=ramp(93.0))
+    curve_run(tmp_path / "fp_lr", dice=[41.0] + [0.0] * 11, dice05=ramp(93.0), empty_last=5, lr=0.002)
+    h = headline.build(discover([tmp_path]))
+    note = h.thresholds["em"].note
+    assert "1 of 2 runs never reach 0.999" in note and "(e.g. full precision — lr 0.002: last epoch 0.00" in note
+
+
 RECORDS = PROJECT_ROOT / "results/cpu_2026-11-28/records"
 
 

@@ -188,11 +188,12 @@ def choose_threshold(dataset: str, groups: Sequence[Group]) -> Threshold:
         return Threshold(0.5, "dice_05", "dice_bg_05",
                          f"threshold 0.5: the runs' thresholds differ ({', '.join(f'{t:g}' for t in configured)})")
     thr = configured[0]
-    accidents = [(setting_label(options_of(e), dataset, e.name), why) for e in entries
-                 for why in [never_saturated(e)] if why]
+    # named by its table row, so that the example says which protocol it ran
+    accidents = [(g.row or g.label, g.is_reference, why) for g in groups if g.dataset == dataset
+                 for e in g.entries for why in [never_saturated(e)] if why]
     if not accidents:
         return Threshold(thr, "dice", "dice_bg", f"threshold {thr:g} (the runs' own)")
-    label, why = min(accidents, key=lambda a: a[0] != "full precision")     # the reference's, if it is one
+    label, _, why = min(accidents, key=lambda a: not a[1])                  # the reference's, if it is one
     return Threshold(0.5, "dice_05", "dice_bg_05",
                      f"threshold 0.5, not the runs' {thr:g}: the outputs of {len(accidents)} of {len(entries)} "
                      f"runs never reach {thr:g}, so their best epoch at {thr:g} is an early accident, not a "
