@@ -188,8 +188,8 @@ def choose_threshold(dataset: str, groups: Sequence[Group]) -> Threshold:
         return Threshold(0.5, "dice_05", "dice_bg_05",
                          f"threshold 0.5: the runs' thresholds differ ({', '.join(f'{t:g}' for t in configured)})")
     thr = configured[0]
-    # named by its table row, so that the example says which protocol it ran
-    accidents = [(g.row or g.label, g.is_reference, why) for g in groups if g.dataset == dataset
+    # named by its table row (build() names rows first), so that the example says which protocol it ran
+    accidents = [(g.row, g.is_reference, why) for g in groups if g.dataset == dataset
                  for e in g.entries for why in [never_saturated(e)] if why]
     if not accidents:
         return Threshold(thr, "dice", "dice_bg", f"threshold {thr:g} (the runs' own)")
